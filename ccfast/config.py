@@ -1,0 +1,130 @@
+"""Refinement configuration: one dataclass drives every engine; named presets (SPEC §4 table).
+
+A resolved config is written next to every output as JSON (`to_json` / `from_json` round trip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+
+from .objectives import OBJECTIVES, REALNESS
+
+METHODS = ("pgd", "sgld")
+LABEL_SOURCES = ("given", "argmax")
+EARLY_STOP_RULES = ("realness", "none")
+
+
+@dataclass
+class RefineConfig:
+    """What refinement computes. Defaults are the `paper` preset.
+
+    method       "pgd": x ← clamp(Π_{B2(x0,ε)}(x − α·g/‖g‖₂)) on ∇J (SPEC §4);
+                 "sgld": x ← x + α·∇f_c(x) + σ·N(0, I), clamp at the end (paper Algorithm 3).
+    objective    J for "pgd": eq12 (paper Eq. 12), ce (BIGROC), bce, ce-bce (Eq. 11), jem, logit.
+    realness     realness score: "logit" (f_c, the paper) or "logsumexp" (JEM).
+    alpha, steps step size α and step budget T.
+    eps          L2 radius ε around x0; None = no projection.
+    early_stop   "realness": an example is active while ℓ_fake(x) < τ; "none": every example takes T steps.
+    tau          threshold τ; None = the checkpoint's ℓ0.
+    labels       "given" (the generator's labels, GT) or "argmax" (the classifier's prediction on x0, PL).
+    ell0         ℓ0 for Eq. 12; None = the checkpoint's.
+    """
+
+    method: str = "pgd"
+    objective: str = "eq12"
+    realness: str = "logit"
+    alpha: float = 0.1
+    steps: int = 25
+    eps: float | None = 1.5
+    w_ce: float = 1.0
+    w_d: float = 1.0
+    early_stop: str = "realness"
+    tau: float | None = None
+    ell0: float | None = None
+    labels: str = "given"
+    sigma: float = 1e-4
+    seed: int = 0
+    preset: str | None = "paper"
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "RefineConfig":
+        def bad(msg):
+            raise ValueError(f"invalid refinement config: {msg}")
+
+        if self.method not in METHODS:
+            bad(f"method {self.method!r} not in {METHODS}")
+        if self.objective not in OBJECTIVES:
+            bad(f"objective {self.objective!r} not in {OBJECTIVES}")
+        if self.realness not in REALNESS:
+            bad(f"realness {self.realness!r} not in {REALNESS}")
+        if self.early_stop not in EARLY_STOP_RULES:
+            bad(f"early_stop {self.early_stop!r} not in {EARLY_STOP_RULES}")
+        if self.labels not in LABEL_SOURCES:
+            bad(f"labels {self.labels!r} not in {LABEL_SOURCES}")
+        if not (isinstance(self.steps, int) and self.steps >= 0):
+            bad(f"steps must be a non-negative integer, got {self.steps!r}")
+        if not self.alpha > 0:
+            bad(f"alpha must be > 0, got {self.alpha}")
+        if self.eps is not None and not self.eps > 0:
+            bad(f"eps must be > 0 or None (no projection), got {self.eps}")
+        if self.sigma < 0:
+            bad(f"sigma must be >= 0, got {self.sigma}")
+        return self
+
+    # The objective SGLD follows is fixed: ascent of the class logit (Algorithm 3).
+    @property
+    def effective_objective(self) -> str:
+        return "logit" if self.method == "sgld" else self.objective
+
+    def replace(self, **changes) -> "RefineConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RefineConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown refinement config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RefineConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "RefineConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        base = dict(PRESETS[name])
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(preset=name, **base)
+
+
+# SPEC §4 preset table. BIGROC's α = 1.5·ε/T with ε = 1.5, T = 7 (official ImageNet settings).
+PRESETS: dict[str, dict] = {
+    "paper": dict(method="pgd", objective="eq12", alpha=0.1, steps=25, eps=1.5, early_stop="realness", labels="given"),
+    "bigroc": dict(method="pgd", objective="ce", alpha=1.5 * 1.5 / 7, steps=7, eps=1.5, early_stop="none", labels="given"),
+    "bigroc-pl": dict(method="pgd", objective="ce", alpha=1.5 * 1.5 / 7, steps=7, eps=1.5, early_stop="none", labels="argmax"),
+    "sgld": dict(method="sgld", objective="logit", alpha=0.2, steps=15, eps=None, early_stop="none", sigma=1e-4, labels="given"),
+}
+
+
+@dataclass
+class RunInfo:
+    """Provenance written beside the config of every refinement output."""
+
+    checkpoint: str = ""
+    engine: str = "torch"
+    input: str = ""
+    ccfast_version: str = ""
+    extra: dict = field(default_factory=dict)
