@@ -115,10 +115,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, CheckpointInfo]:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[JointModel, CheckpointInfo]:
     """Build the frozen `JointModel` (eval mode, no parameter gradients) and its info."""
     payload, info = read_checkpoint(path)
-    model = build_model(info.arch, info.num_classes, info.mean, info.std, **info.arch_kwargs)
     try:
+        model = build_model(info.arch, info.num_classes, info.mean, info.std, **info.arch_kwargs)
         model.backbone.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, CCFastError) as exc:
         raise CCFastError(f"{path}: state dict does not match architecture {info.arch!r} with {info.num_classes} classes: {exc}") from exc
     model.eval().requires_grad_(False)
     return model.to(device), info

@@ -198,7 +198,10 @@ HEAD_PREFIX = {"tiny": "fc.", "resnet50": "fc.", "wide_resnet50_2": "fc."} | {
 def build_backbone(arch: str, num_classes: int, **kwargs) -> nn.Module:
     if arch not in ARCHS:
         raise CCFastError(f"unknown architecture {arch!r}; available: {', '.join(sorted(ARCHS))}")
-    return ARCHS[arch](num_classes=num_classes, **kwargs)
+    try:
+        return ARCHS[arch](num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise CCFastError(f"architecture {arch!r} does not take the options {kwargs}: {exc}") from exc
 
 
 def build_model(arch: str, num_classes: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs) -> JointModel:

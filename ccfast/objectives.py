@@ -37,6 +37,11 @@ class HeadParams:
             raise ValueError(f"unknown realness {self.realness!r}; choose one of {REALNESS}")
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits are upcast; float64 stays float64 (finite-difference tests use it)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def realness_score_ref(logits: torch.Tensor, labels: torch.Tensor, realness: str = "logit") -> torch.Tensor:
     """s(x, c): the class logit f_c (paper, SPEC §2) or LSE(f) (JEM energy option)."""
     if realness == "logit":
@@ -72,7 +77,7 @@ def objective_ref(logits: torch.Tensor, labels: torch.Tensor, params: HeadParams
     - logit:  J = −f_c(x)                                  (class-logit ascent; the SGLD drift)
     The returned realness is ℓ_fake under `params.realness`; early stopping compares it with τ.
     """
-    z = logits.float()
+    z = _at_least_fp32(logits)
     lse = torch.logsumexp(z, dim=1)
     zc = z.gather(1, labels[:, None]).squeeze(1)
     score = zc if params.realness == "logit" else lse
@@ -105,7 +110,7 @@ def objective_grad_ref(logits: torch.Tensor, labels: torch.Tensor, params: HeadP
       bce: −σ(s)·ds/dz;  jem: −p;  logit: −e_c.
     The fused head kernel and the ONNX step graph implement exactly these lines.
     """
-    z = logits.float()
+    z = _at_least_fp32(logits)
     J, ell_fake = objective_ref(z, labels, params)
     p = torch.softmax(z, dim=1)
     onehot = F.one_hot(labels, z.shape[1]).to(z.dtype)

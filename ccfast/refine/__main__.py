@@ -37,6 +37,9 @@ examples:
   python -m ccfast.refine --checkpoint r56.pt --input test.npz --output out.npz --preset bigroc --device cpu
   torchrun --nproc-per-node 4 -m ccfast.refine --checkpoint joint.pt --input s.npz --output r.npz
 
+interrupted runs: finished chunks are kept in OUT.npz.partial/; rerun the same command to resume from
+them (--overwrite discards them).
+
 outputs: OUT.npz (arr_0 uint8 NHWC refined images, arr_1 labels used, per-example stats: steps,
 realness_init/final, objective_init/final, stopped) and OUT.npz.json (resolved config and provenance).
 """

@@ -1,0 +1,46 @@
+"""Small models, checkpoints and sample files made on the spot (no downloads). Import as `from factories import ...`."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def make_tiny_checkpoint(path, num_classes=10, image_size=16, seed=0, ell0=2.0, realness="logit", width=8):
+    """A random-weight tiny net with non-trivial BatchNorm statistics, saved as an inference checkpoint."""
+    from ccfast.checkpoint import CheckpointInfo, save_checkpoint
+    from ccfast.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("tiny", num_classes, width=width)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    info = CheckpointInfo(arch="tiny", num_classes=num_classes, image_size=(image_size, image_size),
+                          mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), ell0=ell0, realness=realness,
+                          arch_kwargs={"width": width})
+    save_checkpoint(path, model, info)
+    return path
+
+
+def make_samples(n=12, size=16, num_classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, size=(n,), dtype=np.int64)
+    return images, labels
+
+
+def median_realness(ckpt, images, labels):
+    """Median ℓ_fake of the tiny model over images: a τ that splits a batch into stopped/active halves."""
+    from ccfast.checkpoint import load_checkpoint
+    from ccfast.data import uint8_to_float
+    from ccfast.objectives import HeadParams, objective_ref
+
+    model, _ = load_checkpoint(ckpt)
+    with torch.no_grad():
+        _, r = objective_ref(model(uint8_to_float(images)), torch.as_tensor(labels), HeadParams())
+    return float(r.median())
