@@ -15,6 +15,7 @@ _LAZY = {
     "RefineResult": "ccfast.refine.base",
     "available_engines": "ccfast.refine",
     "RefineConfig": "ccfast.config",
+    "TrainConfig": "ccfast.training.config",
     "PRESETS": "ccfast.config",
     "JointModel": "ccfast.models",
     "build_model": "ccfast.models",
