@@ -1,0 +1,284 @@
+"""benchmarks/quality: iCT/ACT pieces, the sampler, exact resumption of generator training, the stage runner's
+skip/rerun rules, and the whole suite end to end on a CPU (`--smoke`), including its resume."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks/ is not an installed package
+
+from benchmarks.quality.act import ACTConfig  # noqa: E402
+from benchmarks.quality.consistency import (ConsistencyModel, ICTConfig, NoiseSchedule, ict_num_scales,  # noqa: E402
+                                            karras_sigmas, lognormal_index_probs, pseudo_huber)
+from benchmarks.quality.sample import generate  # noqa: E402
+from benchmarks.quality.stages import Stage, StagePaused, StageRunner  # noqa: E402
+from benchmarks.quality.trainer import GENERATOR_FILE, STATE_FILE, GeneratorRun, train_generator  # noqa: E402
+from benchmarks.quality.unet import UNetConfig  # noqa: E402
+
+from conftest import SHARED_DATA  # noqa: E402
+
+TINY_UNET = UNetConfig(channels=16, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), head_channels=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: one thread is as fast, and much faster when the cores are shared.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------- iCT pieces
+
+
+def test_karras_levels_and_ict_curriculum():
+    sched = NoiseSchedule()
+    s = karras_sigmas(11, sched).double()
+    assert math.isclose(float(s[0]), sched.sigma_min, rel_tol=1e-6) and math.isclose(float(s[-1]), sched.sigma_max, rel_tol=1e-6)
+    assert bool((s[1:] > s[:-1]).all())
+    # iCT: s0=10, s1=1280 -> 8 doubling stages; K=8000 gives K'=1000.
+    assert [ict_num_scales(k, 8000, 10, 1280) for k in (0, 999, 1000, 2999, 3000, 6999, 7000, 7999)] == \
+        [11, 11, 21, 41, 81, 641, 1281, 1281]
+
+
+def test_lognormal_index_probs_match_scipy():
+    from scipy.stats import norm
+
+    sigmas = karras_sigmas(21, NoiseSchedule())
+    p = lognormal_index_probs(sigmas, -1.1, 2.0).double().numpy()
+    logs = np.log(sigmas.double().numpy())
+    expected = norm.cdf((logs[1:] + 1.1) / 2.0) - norm.cdf((logs[:-1] + 1.1) / 2.0)
+    np.testing.assert_allclose(p, expected / expected.sum(), rtol=1e-5, atol=1e-7)
+
+
+def test_pseudo_huber():
+    a, b = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    b[1, 0, 0, 0] = 3.0
+    d = pseudo_huber(a, b, 0.5)
+    torch.testing.assert_close(d, torch.tensor([0.0, math.sqrt(9.0 + 0.25) - 0.5]), rtol=1e-6, atol=1e-7)
+
+
+def test_consistency_boundary_condition():
+    torch.manual_seed(0)
+    model = ConsistencyModel(TINY_UNET).eval()
+    with torch.no_grad():  # the output layer starts at zero; make the network non-trivial
+        model.net.conv_out.weight.normal_()
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 5, 9])
+    sched = model.sched
+    with torch.no_grad():
+        assert torch.equal(model(x, torch.full((3,), sched.sigma_min), y), x)  # f(x, σ_min) = x exactly
+        assert not torch.allclose(model(x, torch.full((3,), 10.0), y), x, atol=1e-3)
+
+
+def test_sampler_seeds_do_not_depend_on_batch_size():
+    torch.manual_seed(0)
+    model = ConsistencyModel(TINY_UNET).eval()
+    with torch.no_grad():
+        model.net.conv_out.weight.normal_(std=0.1)
+    a, la = generate(model, 20, 2, seed=3, batch_size=7)
+    b, lb = generate(model, 20, 2, seed=3, batch_size=20)
+    one, l1 = generate(model, 20, 1, seed=3, batch_size=20)
+    assert a.dtype == np.uint8 and a.shape == (20, 32, 32, 3)
+    assert np.array_equal(a, b) and np.array_equal(la, lb) and np.array_equal(la, l1)
+    assert np.bincount(la, minlength=10).tolist() == [2] * 10  # balanced classes
+    assert not np.array_equal(one, a)
+    c, _ = generate(model, 20, 2, seed=4, batch_size=20)
+    assert not np.array_equal(c, a)
+
+
+# ------------------------------------------------------------------------------------------- generator training
+
+
+def _tiny_run(name="ct", act=None, iters=4):
+    return GeneratorRun(name=name, unet=TINY_UNET, ict=ICTConfig(batch_size=4, s0=2, s1=8, warmup_iters=2), act=act,
+                        iters=iters, checkpoint_every_s=1e9)
+
+
+def _images(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+@pytest.mark.parametrize("act", [None, ACTConfig(d_channels=8, d_channel_mult=(1, 2), r1_interval=2)], ids=["ct", "act"])
+def test_generator_training_resumes_exactly(tmp_path, act):
+    images, labels = _images()
+    run = _tiny_run("act" if act else "ct", act)
+    meta = train_generator(run, images, labels, tmp_path / "straight", progress=False)
+    assert meta["iterations"] == 4 and all(math.isfinite(v) for v in meta["history"][0].values())
+    with pytest.raises(StagePaused):  # a deadline already past: one iteration, state saved, paused
+        train_generator(run, images, labels, tmp_path / "paused", progress=False, deadline=time.monotonic() - 1)
+    assert (tmp_path / "paused" / STATE_FILE).exists() and not (tmp_path / "paused" / GENERATOR_FILE).exists()
+    train_generator(run, images, labels, tmp_path / "paused", progress=False)
+    assert not (tmp_path / "paused" / STATE_FILE).exists()
+    a = torch.load(tmp_path / "straight" / GENERATOR_FILE, weights_only=True)
+    b = torch.load(tmp_path / "paused" / GENERATOR_FILE, weights_only=True)
+    assert a["meta"]["history"] == b["meta"]["history"]
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+
+
+def test_generator_state_of_another_config_is_not_resumed(tmp_path):
+    images, labels = _images()
+    with pytest.raises(StagePaused):
+        train_generator(_tiny_run(iters=4), images, labels, tmp_path, progress=False, deadline=time.monotonic() - 1)
+    meta = train_generator(_tiny_run(iters=3), images, labels, tmp_path, progress=False)
+    assert meta["iterations"] == 3 and len(meta["history"]) == 1  # restarted at 0, not continued from 1
+
+
+# ------------------------------------------------------------------------------------------- stage runner
+
+
+def _writer(path: Path, text: str, calls: list):
+    def run():
+        calls.append(path.name)
+        path.write_text(text)
+        return {"wrote": text}
+    return run
+
+
+def test_stage_runner_skips_only_fresh_stages(tmp_path):
+    runner = StageRunner(tmp_path, log=lambda *_: None)
+    out, calls = tmp_path / "a.txt", []
+    rec = runner.run(Stage("a", {"x": 1}, [out], _writer(out, "one", calls)))
+    assert calls == ["a.txt"] and rec["info"] == {"wrote": "one"} and rec["config"] == {"x": 1}
+    runner.run(Stage("a", {"x": 1}, [out], _writer(out, "one", calls)))
+    assert calls == ["a.txt"]  # up to date: not run again
+    runner.run(Stage("a", {"x": 2}, [out], _writer(out, "two", calls)))
+    assert len(calls) == 2  # config changed
+    out.write_text("tampered")
+    assert "changed" in runner.why_stale(Stage("a", {"x": 2}, [out], None))
+    runner.run(Stage("a", {"x": 2}, [out], _writer(out, "two", calls)))
+    assert len(calls) == 3 and out.read_text() == "two"
+    out.unlink()
+    assert "missing" in runner.why_stale(Stage("a", {"x": 2}, [out], None))
+    forced = StageRunner(tmp_path, force={"a"}, log=lambda *_: None)
+    forced.run(Stage("a", {"x": 2}, [out], _writer(out, "two", calls)))
+    assert len(calls) == 4
+    # A fresh runner (a new process) reads the records from disk.
+    assert StageRunner(tmp_path, log=lambda *_: None).why_stale(Stage("a", {"x": 2}, [out], None)) is None
+
+
+def test_stage_runner_keeps_no_record_of_a_failed_stage(tmp_path):
+    runner = StageRunner(tmp_path, log=lambda *_: None)
+    out, calls = tmp_path / "b.txt", []
+    runner.run(Stage("b", {"x": 1}, [out], _writer(out, "one", calls)))
+
+    def fails():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        runner.run(Stage("b", {"x": 2}, [out], fails))
+    assert runner.read_record("b") is None  # the old record is gone: the redo did not finish
+    assert runner.why_stale(Stage("b", {"x": 1}, [out], None)) == "not run yet"
+    with pytest.raises(Exception, match="without writing"):
+        runner.run(Stage("c", {}, [tmp_path / "never.txt"], lambda: {}))
+    assert runner.read_record("c") is None
+
+
+def test_downstream_config_holds_upstream_hashes(tmp_path):
+    runner = StageRunner(tmp_path, log=lambda *_: None)
+    up, down, calls = tmp_path / "up.txt", tmp_path / "down.txt", []
+    runner.run(Stage("up", {"v": 1}, [up], _writer(up, "1", calls)))
+    down_stage = lambda: Stage("down", {"up": runner.sha256(up)}, [down], _writer(down, "d", calls))  # noqa: E731
+    runner.run(down_stage())
+    runner.run(Stage("up", {"v": 2}, [up], _writer(up, "2", calls)))
+    assert runner.why_stale(down_stage()) == "its config changed"
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+def test_classifier_flags_are_what_ccfast_train_accepts():
+    from ccfast.train import build_parser, config_from_args
+
+    from benchmarks.quality.suite_config import joint_flags, robust_flags
+
+    def parse(flags):
+        args = build_parser().parse_args(["--real", "r.npz", "--fake", "f.npz", "--out", "o", *flags])
+        return config_from_args(args)
+
+    robust = parse(robust_flags(2000))  # cross-entropy on attacked real images only, nothing from generated ones
+    assert (robust.w_ce_real, robust.w_real, robust.w_fake, robust.w_ce_fake, robust.fake_steps_max) == (1, 0, 0, 0, 0)
+    assert robust.lr_milestones == [1500] and robust.real_eps == 0.5
+    joint = parse(joint_flags(2000))  # all four terms of SPEC §3.3
+    assert (joint.w_ce_real, joint.w_real, joint.w_fake, joint.w_ce_fake) == (1, 1, 1, 1)
+    assert joint.fake_early_stop and joint.augment == "flip" and joint.lr_milestones == [1500]
+
+
+def _suite_args(out: Path, *extra) -> list[str]:
+    return ["--data-dir", str(SHARED_DATA), "--out-dir", str(out), "--smoke", "--quiet", *extra]
+
+
+def test_refine_jobs_cover_rows_and_sweep():
+    from benchmarks.quality.run import refine_jobs
+    from benchmarks.quality.suite_config import default_config
+
+    jobs = {j["name"]: j for j in refine_jobs(default_config())}
+    for steps in (1, 2):
+        for method in ("bigroc", "paper", "sgld"):
+            assert jobs[f"ct_{steps}step_{method}"]["overrides"] == {}  # the presets exactly as ccfast defines them
+    assert jobs["ct_1step_paper_T50"]["overrides"] == {"steps": 50}
+    assert jobs["ct_1step_sgld_T5"]["overrides"] == {"steps": 5}
+    bigroc = jobs["ct_1step_bigroc_T3"]["overrides"]
+    assert bigroc["steps"] == 3 and math.isclose(bigroc["alpha"], 1.5 * 1.5 / 3)  # α = 1.5·ε/T follows T
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10" / "test.npz").exists(), reason="shared CIFAR-10 data not present")
+def test_smoke_suite_end_to_end_pauses_and_resumes(tmp_path, capsys):
+    from benchmarks.quality.run import EXIT_PAUSED, main
+
+    out = tmp_path / "run"
+    assert main(_suite_args(out, "--deadline-minutes", "0")) == EXIT_PAUSED
+    assert (out / "gen_ct" / STATE_FILE).exists() and not (out / "stages" / "gen_ct.json").exists()
+    capsys.readouterr()
+
+    assert main(_suite_args(out)) == 0
+    log = capsys.readouterr().err
+    assert "resuming at iteration 1" in log
+    for name in ("ct_1step", "ct_2step", "act_1step", "act_2step", "ct_train_fakes"):
+        with np.load(out / "samples" / f"{name}.npz") as z:
+            assert z["arr_0"].dtype == np.uint8 and z["arr_0"].shape[1:] == (32, 32, 3) and z["arr_1"].dtype == np.int64
+    with np.load(out / "samples" / "ct_1step.npz") as raw, np.load(out / "refined" / "ct_1step_bigroc.npz") as ref:
+        assert np.array_equal(raw["arr_1"], ref["arr_1"]) and not np.array_equal(raw["arr_0"], ref["arr_0"])
+        assert (ref["steps"] == 7).all()  # BIGROC: no early stopping, T = 7
+
+    results = out / "results"
+    with open(results / "quality.csv") as fh:
+        rows = {r["row"]: r for r in csv.DictReader(fh)}
+    assert {"CT 1-step", "CT 2-step", "ACT 1-step", "ACT 2-step", "CT 1-step + BIGROC", "CT 1-step + joint PGD (paper)",
+            "CT 1-step + joint SGLD"} <= set(rows)
+    assert all(math.isfinite(float(r["fid"])) for r in rows.values())
+    assert float(rows["CT 1-step + BIGROC"]["grad_steps_per_image"]) == 7.0
+    assert float(rows["CT 1-step + joint SGLD"]["grad_steps_per_image"]) == 15.0
+    assert float(rows["CT 1-step"]["grad_steps_per_image"]) == 0.0
+    md = (results / "quality.md").read_text()
+    assert "SMOKE RUN" in md and "published, not measured here" in md
+    assert "13.0 / 11.1" in md and "Consistency Distillation" not in (results / "quality.csv").read_text()  # kept apart
+    for name in ("grid.png", "quality_sweep.csv", "published_imagenet64.csv"):
+        assert (results / name).stat().st_size > 0, name
+    if importlib.util.find_spec("matplotlib") is not None:  # the plot needs matplotlib; without it the report says so
+        assert (results / "fid_vs_steps.png").stat().st_size > 0
+    else:
+        assert not (results / "fid_vs_steps.png").exists() and "matplotlib is not installed" in log
+    records = {p.name: json.loads(p.read_text())["finished_at"] for p in (out / "stages").glob("*.json")}
+
+    # The script entry point, in a fresh process: every stage is up to date, no CLI is called.
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "run.py"), *_suite_args(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "ran 0 stage(s)" in again.stderr and "$ " not in again.stderr
+    assert records == {p.name: json.loads(p.read_text())["finished_at"] for p in (out / "stages").glob("*.json")}
