@@ -3,6 +3,8 @@
 One network is trained as a classifier (cross-entropy) and as a discriminator (its class logit read as a
 realness score) on attacked images: real images pushed by L2 PGD to look fake, generated images pushed to
 look real. The result is an inference checkpoint with ℓ0 for `python -m ccfast.refine`.
+`--mode robust-classifier` trains BIGROC's robust classifier instead (SPEC §4): L2 adversarial training on real
+images alone (Madry et al.).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import fields
 
 from .cli import init_distributed, parse_optional_float, run_main, shutdown_distributed
 from .models import ARCHS
-from .training.config import AMP_MODES, AUGMENTATIONS, BATCHNORM_MODES, OPTIMIZERS, REALNESS_READINGS, TrainConfig
+from .training.config import (AMP_MODES, AUGMENTATIONS, BATCHNORM_MODES, MODE_DEFAULTS, MODES, OPTIMIZERS,
+                              REAL_ATTACKS, REALNESS_READINGS, TrainConfig)
 
 PROG = "python -m ccfast.train"
 
@@ -25,11 +28,18 @@ the iteration (SPEC §3; model in eval mode while attacking, train mode for the 
   3. loss on the attacked images: CE(real) + CE(generated) + ℓ_real(real) + ℓ_fake(generated), weights configurable
      Adam lr 1e-5, betas (0.9, 0.999), gradient clip 1.0, lr × 0.1 at iteration 4,000, bf16 on GPU
 
+--mode robust-classifier (BIGROC's classifier, SPEC §4; Madry et al. L2 adversarial training), no --fake:
+  1. real images: L2 PGD ascending ℓ_CE(x, c) = LSE(f(x)) − f_c(x)   (--real-attack ce; same ε/step/steps options)
+  2. loss: CE(attacked real)   (the mode sets --w-real 0 --w-fake 0 --w-ce-fake 0; --w-real 1 adds ℓ_real)
+  ℓ0 is still estimated on held-out real images and stored, so model.pt works with any refine preset.
+
 examples:
   python -m ccfast.train --real imagenet64/ --fake cd_samples.npz --arch resnet50 --init robust_l2_eps3.pt --out runs/r50
   python -m ccfast.train --real cifar10/train_jpeg75_part0.npz --fake samples.npz --arch cifar_resnet20 \\
       --init resnet20-12fca82f.th --out runs/r20 --iters 2000 --lr 1e-4
   torchrun --nproc-per-node 8 -m ccfast.train --real imagenet64/ --fake s.npz --arch resnet50 --init r.pt --out runs/r50
+  python -m ccfast.train --mode robust-classifier --real cifar10/train_jpeg75_part0.npz --arch cifar_resnet56 \\
+      --init resnet56.th --out runs/robust --real-eps 0.5 --real-step 0.125 --real-random-start   # for --preset bigroc
   python -m ccfast.train --out runs/r50 --resume                 # continue where it stopped (same arguments)
   python -m ccfast.train --out runs/r50 --resume --iters 20000   # ... and train longer
 
@@ -40,19 +50,25 @@ third-party weights (torchvision/timm, akamaster CIFAR ResNets, MadryLab robustn
 re-initialised when the class count differs or with --fresh-head.
 
 outputs in --out: config.json (resolved config), metrics.jsonl (loss terms, accuracy and realness D on attacked
-real/generated images, attack steps, early-stopped fraction; ℓ0 and clean statistics at each checkpoint),
-state.pt (training state for --resume), model.pt (inference checkpoint with ℓ0, for ccfast.refine).
+real/generated images, attack steps, early-stopped fraction; ℓ0 and clean statistics at each checkpoint;
+generated-image fields null without generated images), state.pt (training state for --resume), model.pt
+(inference checkpoint with ℓ0, for ccfast.refine).
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=MODES,
+                   help="joint: the joint classifier–discriminator on real + generated images (SPEC §3; default). "
+                        "robust-classifier: BIGROC's robust classifier, L2 adversarial training on real images only "
+                        f"(sets {_mode_text('robust-classifier')}; an explicit --real-attack or --w-real wins; no --fake)")
     f = p.add_argument_group("data and files")
     f.add_argument("--real", nargs="+", action="extend", metavar="PATH",
                    help="real images (repeatable; sources are concatenated)")
     f.add_argument("--fake", nargs="+", action="extend", metavar="PATH",
-                   help="generated images, consistency-models .npz (repeatable)")
+                   help="generated images, consistency-models .npz (repeatable); required in joint mode, not used "
+                        "with --mode robust-classifier")
     f.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (config, metrics, checkpoints)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last training state")
     f.add_argument("--overwrite", action="store_true", help="discard the run in --out and start again")
@@ -72,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--realness", choices=REALNESS_READINGS, help="realness score: logit (f_c, paper; default) or logsumexp (JEM)")
 
     a = p.add_argument_group("attacks (L2 PGD, normalised steps)")
+    a.add_argument("--real-attack", choices=REAL_ATTACKS,
+                   help="what the real-image attack ascends: realness (ℓ_real = softplus(−s), SPEC §3.1; default in "
+                        "joint mode) or ce (ℓ_CE(x, c), Madry et al.; default with --mode robust-classifier)")
     a.add_argument("--real-eps", type=float, help="ε of the real-image attack (default 1.0)")
     a.add_argument("--real-step", type=float, help="step of the real-image attack (default 0.25)")
     a.add_argument("--real-steps", type=int, help="steps of the real-image attack (default 4)")
@@ -101,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--lr-milestones", type=int, nargs="*", help="iterations where lr is multiplied by --lr-gamma (default 4000)")
     o.add_argument("--lr-gamma", type=float, help="lr factor at each milestone (default 0.1)")
     o.add_argument("--iters", type=int, help="total iterations (default 10000)")
-    o.add_argument("--batch-size", type=int, help="real images per iteration, and as many generated ones; the global batch "
+    o.add_argument("--batch-size", type=int, help="real images per iteration, and as many generated ones (joint mode); the global batch "
                    "under torchrun (default 128)")
     o.add_argument("--seed", type=int, help="seed of batch order, augmentation and random starts (default 0)")
     o.add_argument("--batchnorm", choices=BATCHNORM_MODES, help="batch: batch statistics when training (SyncBatchNorm under "
@@ -118,22 +137,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _mode_text(mode: str) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+                    for k, v in MODE_DEFAULTS[mode].items())
+
+
 CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
 
 
 def config_from_args(args) -> TrainConfig:
-    """Defaults (new run) or the run's saved config (--resume), with the arguments given on top. On resume, a given
-    value that differs from the run's is reported by the trainer, unless it only steers the run (--iters, ...)."""
+    """The mode's defaults (new run) or the run's saved config (--resume), with the arguments given on top. On
+    resume, a given value that differs from the run's is reported by the trainer, unless it only steers the run
+    (--iters, ...); the saved config already holds its mode's settings."""
     given = {k: v for k, v in vars(args).items() if k in CONFIG_FIELDS and v is not None}
     if "grad_clip" in vars(args):  # 'none' is a value here
         given["grad_clip"] = args.grad_clip
-    base = TrainConfig()
+    base = None
     if args.resume and not args.overwrite:
         from .training.state import read_run_record
 
         record = read_run_record(args.out)
         if record is not None:
             base = TrainConfig.from_dict(record["config"])
+    if base is None:
+        base = TrainConfig.for_mode(given.get("mode", "joint"))
     return base.replace(**given).validate()
 
 

@@ -207,15 +207,18 @@ def test_classifier_flags_are_what_ccfast_train_accepts():
 
     from benchmarks.quality.suite_config import joint_flags, robust_flags
 
-    def parse(flags):
-        args = build_parser().parse_args(["--real", "r.npz", "--fake", "f.npz", "--out", "o", *flags])
+    def parse(flags, fake=("--fake", "f.npz")):
+        args = build_parser().parse_args(["--real", "r.npz", *fake, "--out", "o", *flags])
         return config_from_args(args)
 
-    robust = parse(robust_flags(2000))  # cross-entropy on attacked real images only, nothing from generated ones
-    assert (robust.w_ce_real, robust.w_real, robust.w_fake, robust.w_ce_fake, robust.fake_steps_max) == (1, 0, 0, 0, 0)
-    assert robust.lr_milestones == [1500] and robust.real_eps == 0.5
+    # BIGROC's classifier: Madry L2 adversarial training (CE attack, CE loss) on real images, no generated images
+    robust = parse(robust_flags(2000), fake=())
+    assert robust.mode == "robust-classifier" and robust.classifier_only and robust.real_attack == "ce"
+    assert (robust.w_ce_real, robust.w_real, robust.w_fake, robust.w_ce_fake) == (1, 0, 0, 0)
+    assert robust.lr_milestones == [1500] and robust.real_eps == 0.5 and robust.real_random_start
     joint = parse(joint_flags(2000))  # all four terms of SPEC §3.3
     assert (joint.w_ce_real, joint.w_real, joint.w_fake, joint.w_ce_fake) == (1, 1, 1, 1)
+    assert joint.mode == "joint" and joint.real_attack == "realness"
     assert joint.fake_early_stop and joint.augment == "flip" and joint.lr_milestones == [1500]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ccfast.models import build_model
-from ccfast.training.losses import TERM_NAMES, LossWeights, joint_loss
+from ccfast.training.losses import REAL_TERM_NAMES, TERM_NAMES, LossWeights, joint_loss
 
 LOGITS_REAL = [[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]]
 LABELS_REAL = [0, 2]
@@ -53,6 +53,18 @@ def test_each_term_and_the_weighted_total_match_a_hand_computation(realness):
     # the logged scores are the realness readings of each half
     expected_scores = [2.0, -2.0] if realness == "logit" else [_lse(r) for r in LOGITS_REAL]
     assert out.score_real.tolist() == pytest.approx(expected_scores, rel=1e-6)
+
+
+@pytest.mark.parametrize("realness", ["logit", "logsumexp"])
+def test_without_generated_images_only_the_real_terms_exist(realness):
+    """A robust classifier (no generated images): CE(x̂_r) and ℓ_real(x̂_r) only; generated-image weights are moot."""
+    weights = LossWeights(ce_real=0.5, ce_fake=2.0, bce_real=3.0, bce_fake=0.25)
+    out = joint_loss(torch.tensor(LOGITS_REAL), torch.tensor(LABELS_REAL), None, None, weights, realness)
+    hand = _hand_terms(realness)
+    assert set(out.terms) == set(REAL_TERM_NAMES) and out.score_fake is None
+    for name in REAL_TERM_NAMES:
+        assert float(out.terms[name]) == pytest.approx(hand[name], rel=1e-6, abs=1e-6), name
+    assert float(out.total) == pytest.approx(0.5 * hand["ce_real"] + 3.0 * hand["bce_real"], rel=1e-6)
 
 
 def _model_and_batch(seed=0):

@@ -82,8 +82,8 @@ def train_classifier(run_dir: Path, real: list[Path], fake: list[Path], arch: st
                      quiet: bool, log=print) -> dict:
     """One `ccfast.train` run to completion (resuming a run started with the same config); returns its facts."""
     resumable = claim(run_dir, config_key) and (run_dir / "state.pt").exists()
-    args = ["--real", *real, "--fake", *fake, "--arch", arch, "--num-classes", 10, "--out", run_dir, "--iters", iters,
-            "--batch-size", batch_size, "--ckpt-every", ckpt_every, "--device", device, *flags]
+    args = ["--real", *real, *(["--fake", *fake] if fake else []), "--arch", arch, "--num-classes", 10, "--out", run_dir,
+            "--iters", iters, "--batch-size", batch_size, "--ckpt-every", ckpt_every, "--device", device, *flags]
     if init is not None:
         args += ["--init", init]
     if quiet:

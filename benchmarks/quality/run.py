@@ -9,7 +9,7 @@ stages (each skipped when OUT/stages/NAME.json shows it done with the same confi
   samples_ct    10k samples at 1 and 2 steps (consistency-models .npz) + other-seed samples for training
   gen_act       the same generator, data and budget with ACT's adversarial term (Kong et al. 2023)
   samples_act   its 10k samples at 1 and 2 steps (same seeds and labels as CT's)
-  clf_robust    BIGROC's robust classifier: ccfast.train with cross-entropy only, no generated images
+  clf_robust    BIGROC's robust classifier: ccfast.train --mode robust-classifier (L2 adversarial training, real only)
   clf_joint     the joint model: ccfast.train on real images + CT samples, from the robust classifier
   refine        ccfast.refine: --preset bigroc (robust classifier), paper and sgld (joint model), for CT 1-
                 and 2-step samples; plus a step-budget sweep on CT 1-step for the FID-vs-steps plot
@@ -271,9 +271,7 @@ class Suite:
             if cfg.clf_init_resnet56 and init is None:
                 raise CCFastError(f"{self.args.data_dir}: models/{realdata.RESNET56_FILE} (the classifiers' "
                                   "initialisation) is missing")
-            # ccfast.train insists on generated images; one real shard stands in, and every term and attack step
-            # on it has weight 0 (suite_config.robust_flags), so no generated image enters this classifier.
-            fake = [self.real_files[0]]
+            fake = []  # ccfast.train --mode robust-classifier (suite_config.robust_flags): real images only
         else:
             init = self.need(self.classifier_files.get("robust", self.path("clf_robust", "model.pt")), "clf_robust")
             fake = [self.need(self.sample_files.get("ct_train_fakes", self.path("samples", "ct_train_fakes.npz")),

@@ -31,13 +31,10 @@ class ClassifierPlan:
 
 
 def robust_flags(iters: int, ell0_holdout: int = 2000) -> list[str]:
-    """BIGROC's classifier: adversarial training with cross-entropy only (SPEC §4 'a robust classifier').
-
-    ccfast.train always reads generated images and attacks real ones by ascending ℓ_real; with every term but
-    CE(real) weighted 0 and a 0-step generated-image attack this is CE training on L2-PGD-attacked real images,
-    the attack lowering the true-class logit (a CE-ascent attack would also raise the others)."""
-    return ["--w-real", "0", "--w-fake", "0", "--w-ce-fake", "0", "--w-ce-real", "1",
-            "--fake-steps-start", "0", "--fake-steps-max", "0", "--no-fake-early-stop",
+    """BIGROC's classifier (SPEC §4 'a robust classifier'): `ccfast.train --mode robust-classifier`, i.e. L2
+    adversarial training on real images alone (Madry et al. 2018): L2 PGD ascending ℓ_CE, then CE on the attacked
+    images; no generated images, no discriminator terms. Radii halved for 32×32 as in `joint_flags`."""
+    return ["--mode", "robust-classifier",
             "--real-eps", "0.5", "--real-step", "0.125", "--real-steps", "4", "--real-random-start",
             "--augment", "crop-flip", "--lr", "1e-4", "--lr-milestones", str(max(1, iters * 3 // 4)),
             "--ell0-holdout", str(ell0_holdout)]

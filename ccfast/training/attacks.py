@@ -2,6 +2,8 @@
 projection of `ccfast.pgd.pgd_step_ref` (the one implementation shared with refinement).
 
 - real images ascend ℓ_real = softplus(−s): they are pushed away from looking real (ε 1.0, α 0.25, 4 steps);
+  with `real_attack="ce"` they ascend ℓ_CE(x, c_r) instead, the attack of Madry et al.'s adversarial training
+  that makes BIGROC's robust classifier (SPEC §4 baseline): same ε, step, steps and random start;
 - generated images ascend ℓ_fake = softplus(s): they are pushed toward looking real (ε 10, α 0.1, a growing
   number of steps), and generated image i stops once D(x̂_g,i) > D(x̂_r,i) — its realness beats that of the
   *attacked* real image with the same batch index (the real attack runs first).
@@ -23,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from ..objectives import loss_fake_ref, loss_real_ref, realness_score_ref
+from ..objectives import cross_entropy_ref, loss_fake_ref, loss_real_ref, realness_score_ref
 from ..pgd import _bcast, normalize_l2, pgd_step_ref
 
 
@@ -76,11 +78,20 @@ def attack_l2(
     return AttackResult(images=x.detach(), steps_taken=steps_taken, stopped_early=steps_taken < steps)
 
 
-def attack_real(model, x_real, labels, cfg, start=None, autocast=contextlib.nullcontext) -> AttackResult:
-    """SPEC §3.1: ascend ℓ_real(x, c) = softplus(−s(x, c)) — push real images away from "real"."""
-    def loss(logits):
-        return loss_real_ref(realness_score_ref(logits, labels, cfg.realness))
+def real_attack_loss(labels: torch.Tensor, real_attack: str, realness: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-example loss the real-image attack ascends, from logits:
+    "realness": ℓ_real(x, c) = softplus(−s(x, c)) (SPEC §3.1: push real images away from "real");
+    "ce":       ℓ_CE(x, c) = LSE(f(x)) − f_c(x) (Madry et al. 2018: push them toward misclassification)."""
+    if real_attack == "realness":
+        return lambda logits: loss_real_ref(realness_score_ref(logits, labels, realness))
+    if real_attack == "ce":
+        return lambda logits: cross_entropy_ref(logits, labels)
+    raise ValueError(f"unknown real_attack {real_attack!r}")
 
+
+def attack_real(model, x_real, labels, cfg, start=None, autocast=contextlib.nullcontext) -> AttackResult:
+    """SPEC §3.1: ascend ℓ_real (or ℓ_CE with `cfg.real_attack == "ce"`) within the ε-ball around each real image."""
+    loss = real_attack_loss(labels, cfg.real_attack, cfg.realness)
     return attack_l2(model, x_real, loss, cfg.real_steps, cfg.real_step, cfg.real_eps, start=start, autocast=autocast)
 
 

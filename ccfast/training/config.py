@@ -2,7 +2,14 @@
 
 The resolved config is written to RUN_DIR/config.json; `--resume` compares it field by field with the
 arguments of the resumed run. Only the fields in `RUN_CONTROL_FIELDS` may change on resume: they decide
-how long and where a run goes, not what one iteration computes.
+how long and where a run goes, not what one iteration computes. A config.json written before a field existed
+still loads: the missing field takes its default, which is what the older code computed.
+
+Two modes (`mode`):
+- "joint": the joint classifier–discriminator of SPEC §3 (real and generated images; generated images required);
+- "robust-classifier": BIGROC's robust classifier (SPEC §4 baseline; Madry et al. 2018 L2 adversarial training):
+  real images only, attacked by L2 PGD ascending ℓ_CE, trained with CE. `MODE_DEFAULTS` lists the settings the
+  mode changes; explicitly given values still win (`for_mode`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,16 @@ AUGMENTATIONS = ("none", "flip", "crop-flip")
 BATCHNORM_MODES = ("batch", "frozen")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 REALNESS_READINGS = ("logit", "logsumexp")  # == ccfast.objectives.REALNESS (not imported: it pulls in torch)
+REAL_ATTACKS = ("realness", "ce")  # what the real-image attack ascends: ℓ_real (SPEC §3.1) or ℓ_CE (Madry et al.)
+MODES = ("joint", "robust-classifier")
+
+# What a mode changes from the dataclass defaults (which are the joint model's, SPEC §3). A robust classifier
+# (BIGROC's premise, SPEC §4) is Madry-style adversarial training: the attack ascends the classification loss and
+# only CE on the attacked real images trains; no generated images, no discriminator terms.
+MODE_DEFAULTS = {
+    "joint": {},
+    "robust-classifier": {"real_attack": "ce", "w_real": 0.0, "w_fake": 0.0, "w_ce_fake": 0.0},
+}
 
 # May differ between a run and its resumption (how long, on what, how often to log/save).
 RUN_CONTROL_FIELDS = frozenset({"iters", "device", "log_every", "ckpt_every", "quiet", "out"})
@@ -27,10 +44,12 @@ RUN_CONTROL_FIELDS = frozenset({"iters", "device", "log_every", "ckpt_every", "q
 class TrainConfig:
     """A training run. Defaults are SPEC §3 (the official code's values where the paper gives none).
 
+    mode              "joint" (SPEC §3) or "robust-classifier" (real images only; see MODE_DEFAULTS)
     data
       real, fake       lists of sources. real: `.npz` (`images`/`labels` or `arr_0`/`arr_1`), image folders
                        (one sub-folder per class) or downsampled-ImageNet batches (`data`, 1-based `labels`);
-                       fake: consistency-models sample files (`arr_0` uint8 NHWC, `arr_1` labels).
+                       fake: consistency-models sample files (`arr_0` uint8 NHWC, `arr_1` labels); required in
+                       joint mode, refused in robust-classifier mode (a run without them is classifier-only)
       ell0_data        held-out real images for ℓ0 (SPEC §3.6); empty: hold out `ell0_holdout` real images
       ell0_holdout     real images set aside for ℓ0 when `ell0_data` is empty (never trained on)
       ell0_max         at most this many held-out images are used for ℓ0
@@ -42,10 +61,13 @@ class TrainConfig:
       mean, std        normalisation inside the model; None: the init file's, else ImageNet's
       realness         realness score s: "logit" (f_c, the paper) or "logsumexp" (JEM)
     attacks (SPEC §3.1–2; L2 PGD with normalised steps, model in eval mode)
-      real_*           ascend ℓ_real: ε, step, steps, optional random start in the ε-ball
+      real_attack      what the real-image attack ascends: "realness" (ℓ_real = softplus(−s), SPEC §3.1) or "ce"
+                       (ℓ_CE(x, c_r), Madry et al.'s adversarial training; the robust-classifier default)
+      real_*           ε, step, steps of the real-image attack, optional random start in the ε-ball
       fake_*           ascend ℓ_fake: ε, step; steps = min(fake_steps_max, fake_steps_start + ⌊t / fake_steps_every⌋)
       fake_early_stop  generated image i stops once D(x̂_g,i) > D(x̂_r,i) (the attacked real of the same index)
     loss (SPEC §3.3): w_ce_real·CE(x̂_r) + w_ce_fake·CE(x̂_g) + w_real·ℓ_real(x̂_r) + w_fake·ℓ_fake(x̂_g)
+                      (without generated images the last-but-one and last terms are not computed)
     optimiser: Adam lr 1e-5 betas (0.9, 0.999), clip 1.0, lr × lr_gamma at each of lr_milestones (SPEC §3.5)
     batchnorm         "batch": batch statistics in the training forward (global under DDP on GPU, through
                       SyncBatchNorm); "frozen": running statistics throughout (BN affine weights still train)
@@ -53,6 +75,7 @@ class TrainConfig:
     channels_last     None: on CUDA only
     """
 
+    mode: str = "joint"
     real: list[str] = field(default_factory=list)
     fake: list[str] = field(default_factory=list)
     out: str = ""
@@ -69,6 +92,7 @@ class TrainConfig:
     ell0_max: int = 10000
     augment: str = "none"
 
+    real_attack: str = "realness"
     real_eps: float = 1.0
     real_step: float = 0.25
     real_steps: int = 4
@@ -120,17 +144,26 @@ class TrainConfig:
         def bad(msg):
             raise CCFastError(f"invalid training config: {msg}")
 
-        if not self.real:
-            bad("no real images given (--real)")
-        if not self.fake:
-            bad("no generated images given (--fake)")
-        if not self.out:
-            bad("no run directory given (--out)")
-        choices = {"optimizer": OPTIMIZERS, "augment": AUGMENTATIONS, "batchnorm": BATCHNORM_MODES, "amp": AMP_MODES,
-                   "realness": REALNESS_READINGS}
+        choices = {"mode": MODES, "optimizer": OPTIMIZERS, "augment": AUGMENTATIONS, "batchnorm": BATCHNORM_MODES,
+                   "amp": AMP_MODES, "realness": REALNESS_READINGS, "real_attack": REAL_ATTACKS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 bad(f"{name} {getattr(self, name)!r} not in {allowed}")
+        if not self.real:
+            bad("no real images given (--real)")
+        if self.mode == "joint" and not self.fake:
+            bad("no generated images given (--fake); the joint classifier–discriminator (SPEC §3) trains on real and "
+                "generated images. For BIGROC's robust classifier on real images alone, pass --mode robust-classifier")
+        if self.mode == "robust-classifier":
+            if self.fake:
+                bad("--mode robust-classifier trains on real images only and does not read --fake; drop --fake, or use "
+                    "--mode joint (with --real-attack ce and the loss weights you want)")
+            for name in ("w_ce_fake", "w_fake"):
+                if getattr(self, name) != 0:
+                    bad(f"{name} = {getattr(self, name)} weighs a generated-image term, and --mode robust-classifier "
+                        "has no generated images; leave it at 0")
+        if not self.out:
+            bad("no run directory given (--out)")
         for name in ("real_eps", "real_step", "fake_eps", "fake_step", "lr", "lr_gamma"):
             if not getattr(self, name) > 0:
                 bad(f"{name} must be > 0, got {getattr(self, name)}")
@@ -161,6 +194,11 @@ class TrainConfig:
             bad(f"lr_milestones must be iterations >= 1, got {self.lr_milestones}")
         return self
 
+    @property
+    def classifier_only(self) -> bool:
+        """No generated images: no generated-image attack, no CE(x̂_g) or ℓ_fake(x̂_g) term (robust-classifier mode)."""
+        return not self.fake
+
     def fake_attack_steps(self, iteration: int) -> int:
         """SPEC §3.2: 5 steps at first, one more every 1,000 iterations, never above the cap."""
         return min(self.fake_steps_max, self.fake_steps_start + iteration // self.fake_steps_every)
@@ -170,6 +208,13 @@ class TrainConfig:
         return self.lr * self.lr_gamma ** sum(1 for m in self.lr_milestones if iteration >= m)
 
     # ------------------------------------------------------------ serialisation
+
+    @classmethod
+    def for_mode(cls, mode: str = "joint", **values) -> "TrainConfig":
+        """The defaults of `mode` (MODE_DEFAULTS), with `values` on top: explicitly given settings always win."""
+        if mode not in MODE_DEFAULTS:
+            raise CCFastError(f"invalid training config: mode {mode!r} not in {MODES}")
+        return cls(**{"mode": mode, **MODE_DEFAULTS[mode], **values})
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -186,7 +231,7 @@ class TrainConfig:
         unknown = set(d) - names
         if unknown:
             raise CCFastError(f"unknown training config keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**d)  # keys absent from an older config.json (mode, real_attack) take their defaults
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":

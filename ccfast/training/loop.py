@@ -9,6 +9,8 @@ One iteration t:
      (ascend ℓ_fake, `cfg.fake_attack_steps(t)` steps, paired early stop against s(x̂_r) of the same index);
   3. model in train mode: one forward of [x̂_r; x̂_g] (BatchNorm statistics of the mixed batch), the four-term
      loss, backward, gradient clipping, optimiser and LR-scheduler step.
+Without generated images (`mode="robust-classifier"`, BIGROC's robust classifier) steps 1–3 keep their real-image
+half only: no generated batch, no generated-image attack, no generated-image loss terms, and their metrics are null.
 Every `ckpt_every` iterations and at the end: ℓ0 on held-out real images, the inference checkpoint and the
 training state.
 """
@@ -32,7 +34,7 @@ from ..cli import DistContext
 from ..data import validate_labels
 from ..errors import CCFastError
 from ..objectives import loss_fake_ref, realness_score_ref
-from .attacks import attack_pair, random_start
+from .attacks import attack_pair, attack_real, random_start
 from .config import TrainConfig
 from .datasets import (BatchStream, LabelledImages, augment, crop_pad, draw_augmentation, load_labelled, rank_slice,
                        split_holdout, to_device_float)
@@ -51,6 +53,10 @@ METRIC_KEYS = (
     "fake_steps_taken", "fake_early_stopped",  # generated-image attack: mean steps, fraction stopped before the budget
     "fake_steps", "lr", "grad_norm",
 )
+# Metrics of generated images: null in the log of a run without them (classifier-only).
+GENERATED_METRIC_KEYS = ("ce_fake", "bce_fake", "acc_fake_adv", "D_fake_adv", "score_fake_adv", "fake_steps_taken",
+                         "fake_early_stopped", "fake_steps")
+GENERATED_EVAL_KEYS = ("gen_acc", "gen_D", "gen_ell_fake", "clean_realness_gap")
 STREAM_REAL, STREAM_FAKE, STREAM_ITER = 1, 2, 3
 EVAL_FAKE_MAX = 1000  # generated images scored (clean) at each checkpoint
 
@@ -122,7 +128,7 @@ class Trainer:
     def _load_data(self) -> None:
         cfg = self.cfg
         real = load_labelled(cfg.real, "real")
-        fake = load_labelled(cfg.fake, "generated")
+        fake = None if cfg.classifier_only else load_labelled(cfg.fake, "generated")
         if cfg.ell0_data:
             self.real, self.heldout = real, load_labelled(cfg.ell0_data, "held-out real")
         else:
@@ -146,12 +152,12 @@ class Trainer:
         self.image_size = self.real.image_size
         self.data_summary = {
             "real_train": len(self.real), "heldout": 0 if self.heldout is None else len(self.heldout),
-            "fake": len(self.fake), "image_size": list(self.image_size), "num_classes": self.num_classes,
+            "fake": 0 if self.fake is None else len(self.fake), "image_size": list(self.image_size), "num_classes": self.num_classes,
             "real_fingerprint": data_fingerprint(self.real), "fake_fingerprint": data_fingerprint(self.fake),
             "heldout_fingerprint": data_fingerprint(self.heldout),
         }
         self.real_stream = BatchStream(len(self.real), cfg.batch_size, cfg.seed, STREAM_REAL)
-        self.fake_stream = BatchStream(len(self.fake), cfg.batch_size, cfg.seed, STREAM_FAKE)
+        self.fake_stream = None if self.fake is None else BatchStream(len(self.fake), cfg.batch_size, cfg.seed, STREAM_FAKE)
 
     def _check_run_dir(self, resume: bool, overwrite: bool) -> None:
         record = read_run_record(self.run_dir) if not overwrite else None
@@ -258,13 +264,16 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_step(self, t: int) -> torch.Tensor:
-        """Update `t` (0-based). Returns the local metric sums (`METRIC_KEYS` order, weighted by local batch size)."""
+        """Update `t` (0-based). Returns the local metric sums (`METRIC_KEYS` order, weighted by local batch size;
+        the generated-image ones 0 in a classifier-only run)."""
         cfg = self.cfg
         B, H, W = cfg.batch_size, *self.image_size
         mine = rank_slice(B, self.ctx.rank, self.ctx.world_size)
         gen = iteration_generator(cfg.seed, t)
         xr, cr = self._batch(self.real, self.real_stream, t)
-        xg, cg = self._batch(self.fake, self.fake_stream, t)
+        xg = cg = None
+        if not cfg.classifier_only:
+            xg, cg = self._batch(self.fake, self.fake_stream, t)
         if cfg.augment != "none":  # real images only (SPEC: off for generated images)
             draw = draw_augmentation(B, crop_pad(min(H, W)), gen)
             draw.flip, draw.shift = draw.flip[mine], draw.shift[mine]
@@ -273,20 +282,27 @@ class Trainer:
         if cfg.real_random_start:
             noise, radius = torch.randn((B, 3, H, W), generator=gen), torch.rand(B, generator=gen)
             start = self._layout(random_start(xr, cfg.real_eps, noise[mine], radius[mine]))
-        xr, xg = self._layout(xr), self._layout(xg)
+        xr = self._layout(xr)
 
         # Attacks with the model in eval mode (SPEC §3.1–2); real first, for the paired early stop.
         self.net.eval()
-        fake_budget = cfg.fake_attack_steps(t)
-        attacked = attack_pair(self.net, xr, cr, xg, cg, cfg, fake_budget, real_start=start, autocast=self.autocast)
-        real_adv, fake_adv = attacked.real, attacked.fake
+        if cfg.classifier_only:  # Madry-style adversarial training of a robust classifier (SPEC §4 BIGROC)
+            fake_budget, fake_adv = 0, None
+            real_adv = attack_real(self.net, xr, cr, cfg, start=start, autocast=self.autocast)
+            batch = real_adv.images
+        else:
+            fake_budget = cfg.fake_attack_steps(t)
+            attacked = attack_pair(self.net, xr, cr, self._layout(xg), cg, cfg, fake_budget, real_start=start,
+                                   autocast=self.autocast)
+            real_adv, fake_adv = attacked.real, attacked.fake
+            batch = torch.cat([real_adv.images, fake_adv.images])
 
         # Loss on the attacked images only, one forward of the mixed batch (SPEC §3.3).
         self._train_mode()
         n = xr.shape[0]
         with self.autocast():
-            logits = self.ddp(torch.cat([real_adv.images, fake_adv.images]))
-        loss = joint_loss(logits[:n], cr, logits[n:], cg, self.weights, cfg.realness)
+            logits = self.ddp(batch)
+        loss = joint_loss(logits[:n], cr, None if fake_adv is None else logits[n:], cg, self.weights, cfg.realness)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.total).backward()
         self.scaler.unscale_(self.optimizer)
@@ -308,15 +324,20 @@ class Trainer:
 
         with torch.no_grad():
             lg = logits.detach().float()
-            per_batch = torch.stack([loss.total.detach(), *(loss.terms[k].detach() for k in TERM_NAMES)])
-            per_example = torch.stack([
-                (lg[:n].argmax(1) == cr).float().sum(), (lg[n:].argmax(1) == cg).float().sum(),
-                torch.sigmoid(loss.score_real).sum(), torch.sigmoid(loss.score_fake).sum(),
-                loss.score_real.sum(), loss.score_fake.sum(),
-                fake_adv.steps_taken.float().sum(), fake_adv.stopped_early.float().sum(),
-            ])
-            scalars = torch.tensor([fake_budget, lr], dtype=torch.float32, device=self.device)
-            return torch.cat([per_batch * n, per_example, scalars * n, grad_norm.detach().float().view(1) * n])
+            # Per-batch means and per-iteration scalars are weighted by n; per-example values are summed.
+            sums = {"loss": loss.total.detach() * n, "acc_real_adv": (lg[:n].argmax(1) == cr).float().sum(),
+                    "D_real_adv": torch.sigmoid(loss.score_real).sum(), "score_real_adv": loss.score_real.sum(),
+                    "fake_steps": torch.tensor(float(fake_budget)) * n, "lr": torch.tensor(lr, dtype=torch.float32) * n,
+                    "grad_norm": grad_norm.detach().float() * n}
+            sums.update({k: v.detach() * n for k, v in loss.terms.items() if k in TERM_NAMES})
+            if fake_adv is not None:
+                sums.update({
+                    "acc_fake_adv": (lg[n:].argmax(1) == cg).float().sum(),
+                    "D_fake_adv": torch.sigmoid(loss.score_fake).sum(), "score_fake_adv": loss.score_fake.sum(),
+                    "fake_steps_taken": fake_adv.steps_taken.float().sum(),
+                    "fake_early_stopped": fake_adv.stopped_early.float().sum()})
+            zero = torch.zeros((), dtype=torch.float32, device=self.device)
+            return torch.stack([sums.get(k, zero).to(self.device, torch.float32).reshape(()) for k in METRIC_KEYS])
 
     # ------------------------------------------------------------------ evaluation and checkpoints
 
@@ -340,16 +361,19 @@ class Trainer:
     def evaluate(self) -> dict:
         """ℓ0 on held-out real images (SPEC §3.6) and clean statistics of held-out real vs generated images."""
         self.net.eval()
-        out = {"kind": "eval", "iter": self.iteration, "ell0": None}
-        fake = self._clean_stats(self.fake, EVAL_FAKE_MAX)
-        out.update(gen_acc=fake["acc"], gen_D=fake["D"], gen_ell_fake=fake["ell_fake"])
+        out = {"kind": "eval", "iter": self.iteration, "ell0": None, **dict.fromkeys(GENERATED_EVAL_KEYS)}
+        fake = None if self.fake is None else self._clean_stats(self.fake, EVAL_FAKE_MAX)
+        if fake is not None:
+            out.update(gen_acc=fake["acc"], gen_D=fake["D"], gen_ell_fake=fake["ell_fake"])
         if self.heldout is not None:
             k = min(len(self.heldout), self.cfg.ell0_max)
             rows, labels = self.heldout.take(np.arange(k))
             out["ell0"] = estimate_ell0(self.net, to_device_float(rows, torch.device("cpu")), torch.from_numpy(labels),
                                         self.cfg.realness)
             real = self._clean_stats(self.heldout, k)
-            out.update(ell0_n=k, heldout_acc=real["acc"], heldout_D=real["D"], clean_realness_gap=real["D"] - fake["D"])
+            out.update(ell0_n=k, heldout_acc=real["acc"], heldout_D=real["D"])
+            if fake is not None:
+                out["clean_realness_gap"] = real["D"] - fake["D"]
         return out
 
     def checkpoint(self) -> dict | None:
@@ -362,7 +386,7 @@ class Trainer:
                 arch=cfg.arch, num_classes=self.num_classes, image_size=self.image_size,
                 mean=tuple(self.net.mean.flatten().tolist()), std=tuple(self.net.std.flatten().tolist()),
                 ell0=result["ell0"], realness=cfg.realness, arch_kwargs=self.arch_kwargs,
-                meta={"trained_by": "ccfast.train", "iteration": self.iteration, "ell0_n": result.get("ell0_n", 0),
+                meta={"trained_by": "ccfast.train", "mode": cfg.mode, "iteration": self.iteration, "ell0_n": result.get("ell0_n", 0),
                       "train_config": cfg.to_dict(), "init": self.init_description})
             # The training state goes last: it is what --resume trusts, and resuming drops later metric lines.
             self._append_metrics(result)
@@ -389,9 +413,13 @@ class Trainer:
 
         cfg = self.cfg
         if self.ctx.is_main:
-            self.log(f"ccfast.train: {self.init_description}; device {self.device}, {self.ctx.world_size} process(es), "
-                     f"amp {self.amp_name}, batch {cfg.batch_size} real + {cfg.batch_size} generated; "
-                     f"{len(self.real)} real, {len(self.fake)} generated, "
+            what = (f"batch {cfg.batch_size} real (no generated images: a robust classifier, real attack ascends "
+                    f"{'ℓ_CE' if cfg.real_attack == 'ce' else 'ℓ_real'}); {len(self.real)} real, "
+                    if cfg.classifier_only else
+                    f"batch {cfg.batch_size} real + {cfg.batch_size} generated; {len(self.real)} real, "
+                    f"{len(self.fake)} generated, ")
+            self.log(f"ccfast.train: {cfg.mode} mode; {self.init_description}; device {self.device}, "
+                     f"{self.ctx.world_size} process(es), amp {self.amp_name}, {what}"
                      f"{0 if self.heldout is None else len(self.heldout)} held-out real images")
             if self.iteration:
                 self.log(f"ccfast.train: resuming {self.run_dir} at iteration {self.iteration}")
@@ -414,17 +442,20 @@ class Trainer:
             if at_ckpt or self.iteration % cfg.log_every == 0:
                 record = self._log_window(window, window_iters, time.perf_counter() - window_start)
                 if self.ctx.is_main:
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", acc_r=f"{record['acc_real_adv']:.3f}",
-                                    gap=f"{record['realness_gap']:.3f}", steps=f"{record['fake_steps_taken']:.1f}")
+                    postfix = {"loss": f"{record['loss']:.3f}", "acc_r": f"{record['acc_real_adv']:.3f}"}
+                    if not cfg.classifier_only:
+                        postfix.update(gap=f"{record['realness_gap']:.3f}", steps=f"{record['fake_steps_taken']:.1f}")
+                    bar.set_postfix(postfix)
                 window.zero_()
                 window_iters, window_start = 0, time.perf_counter()
             if at_ckpt:
                 last_eval = self.checkpoint() or last_eval
                 window_start = time.perf_counter()  # evaluation and saving are not training time
                 if self.ctx.is_main and last_eval and last_eval["ell0"] is not None:
+                    versus = "" if last_eval["gen_D"] is None else f" vs generated {last_eval['gen_D']:.4f}"
                     bar.write(f"iteration {self.iteration}: ℓ0 {last_eval['ell0']:.4f}, held-out accuracy "
-                              f"{last_eval['heldout_acc']:.4f}, clean D real {last_eval['heldout_D']:.4f} vs generated "
-                              f"{last_eval['gen_D']:.4f}", file=sys.stderr)
+                              f"{last_eval['heldout_acc']:.4f}, clean D real {last_eval['heldout_D']:.4f}{versus}",
+                              file=sys.stderr)
         bar.close()
         if self.ctx.is_main:
             self.log(f"ccfast.train: wrote {self.run_dir / MODEL_FILE} (ℓ0 {last_eval and last_eval['ell0']}), "
@@ -436,10 +467,15 @@ class Trainer:
         count = iters * self.cfg.batch_size  # global examples (of each kind) in the window
         record = {"kind": "train", "iter": self.iteration, "window": iters}
         record.update({k: v / count for k, v in zip(METRIC_KEYS, sums, strict=True)})
-        record["realness_gap"] = record["D_real_adv"] - record["D_fake_adv"]
+        if self.cfg.classifier_only:
+            record.update(dict.fromkeys(GENERATED_METRIC_KEYS))
+            record["realness_gap"] = None
+        else:
+            record["realness_gap"] = record["D_real_adv"] - record["D_fake_adv"]
         record["real_steps"] = self.cfg.real_steps
         record["sec_per_iter"] = seconds / iters
-        record["images_per_s"] = 2 * self.cfg.batch_size * iters / max(seconds, 1e-9)
+        images = self.cfg.batch_size * (1 if self.cfg.classifier_only else 2)
+        record["images_per_s"] = images * iters / max(seconds, 1e-9)
         if self.ctx.is_main:
             self._append_metrics(record)
         return record
