@@ -1,0 +1,300 @@
+"""Each layer kind, written twice into the graph: its forward, and its vector–Jacobian product.
+
+`layer.forward(gb, x)` emits the forward nodes and keeps what the VJP needs (tensor names, shapes);
+`layer.backward(gb, gy)` then emits ∂⟨gy, y⟩/∂x as ordinary operators, so that runtimes without autograd
+(ONNX Runtime, TensorRT) compute ∇_x J (SPEC §4). The rules, for y = layer(x):
+
+- Conv (BatchNorm folded in):  gx = ConvTranspose(gy, W), same stride/padding/dilation/groups, with
+  `output_padding` = the rows and columns the strided forward dropped, so gx has x's exact shape.
+- ReLU:  gx = gy where y > 0 else 0 (PyTorch's threshold_backward: zero gradient at exactly 0).
+- MaxPool:  the gradient goes to the position of the window's maximum. PyTorch records the *first*
+  maximum in the window's row-major scan (`val > maxval` is strict); without stored indices we rebuild
+  that choice: for each of the k×k window offsets, in scan order, mark where the shifted input equals
+  the pooled value and no earlier offset matched, then scatter with a fixed one-hot grouped
+  ConvTranspose (one output channel per input channel, stride and padding of the pool).
+- Option-A shortcut y = pad_c(x[:, :, ::2, ::2]):  gx = the un-padded channels placed back on the
+  stride-2 grid (ConvTranspose with a fixed 1×1 kernel of ones, stride 2, one group per channel).
+- Global average pool:  gx = gy / (H·W) broadcast over H×W.   Linear y = xWᵀ + b:  gx = gy·W.
+- Residual y = relu(branch(x) + shortcut(x)):  g = relu'(gy);  gx = branch'(g) + shortcut'(g).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import GraphBuilder, Tensor
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _out_size(n: int, k: int, s: int, p: int, d: int = 1) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _output_padding(n_in: int, n_out: int, k: int, s: int, p: int, d: int = 1) -> int:
+    """Rows a strided forward dropped: what ConvTranspose must append to give back n_in exactly."""
+    op = n_in - ((n_out - 1) * s - 2 * p + d * (k - 1) + 1)
+    assert 0 <= op < max(s, d), (n_in, n_out, k, s, p, d, op)
+    return op
+
+
+class Layer:
+    def forward(self, gb: GraphBuilder, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def backward(self, gb: GraphBuilder, gy: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class Sequential(Layer):
+    def __init__(self, layers: list[Layer]):
+        self.layers = layers
+
+    def forward(self, gb, x):
+        for layer in self.layers:
+            x = layer.forward(gb, x)
+        return x
+
+    def backward(self, gb, gy):
+        for layer in reversed(self.layers):
+            gy = layer.backward(gb, gy)
+        return gy
+
+
+class Identity(Layer):
+    def forward(self, gb, x):
+        return x
+
+    def backward(self, gb, gy):
+        return gy
+
+
+class Normalize(Layer):
+    """(x − mean)/std per channel, in fp32 before the cast to the compute type (models.JointModel).
+
+    Not folded into the first convolution: its zero padding pads the *normalised* image, so folding
+    would change the border pixels."""
+
+    def __init__(self, mean, std):
+        self.mean = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+
+    def forward(self, gb, x):
+        self.std_name = gb.const(self.std, np.float32, "norm_std")
+        centred = gb.op("Sub", [x.name, gb.const(self.mean, np.float32, "norm_mean")], "x_centred")
+        return Tensor(gb.op("Div", [centred, self.std_name], "x_normalised"), np.float32, x.shape)
+
+    def backward(self, gb, gy):
+        return Tensor(gb.op("Div", [gy.name, self.std_name], "grad_x"), np.float32, gy.shape)
+
+
+class ConvBN(Layer):
+    """Conv2d with an optional eval-mode BatchNorm2d folded in (W' = W·γ/√(var+eps), b' = (b − μ)·γ/√(var+eps) + β)."""
+
+    def __init__(self, conv, bn, where: str):
+        import torch.nn as nn
+
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"{where}: expected Conv2d, got {type(conv).__name__}")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"{where}: only explicit zero padding is exported (got padding={conv.padding!r}, mode={conv.padding_mode})")
+        w = conv.weight.detach().double().cpu()
+        b = conv.bias.detach().double().cpu() if conv.bias is not None else w.new_zeros(w.shape[0])
+        if bn is not None:
+            if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None:
+                raise TypeError(f"{where}: expected BatchNorm2d with running statistics, got {type(bn).__name__}")
+            scale = 1.0 / (bn.running_var.detach().double().cpu() + bn.eps).sqrt()
+            if bn.weight is not None:
+                scale = scale * bn.weight.detach().double().cpu()
+            b = (b - bn.running_mean.detach().double().cpu()) * scale
+            if bn.bias is not None:
+                b = b + bn.bias.detach().double().cpu()
+            w = w * scale[:, None, None, None]
+        self.w, self.b = w.float().numpy(), b.float().numpy()
+        self.where = where
+        self.k = _pair(conv.kernel_size)
+        self.s = _pair(conv.stride)
+        self.p = _pair(conv.padding)
+        self.d = _pair(conv.dilation)
+        self.groups = int(conv.groups)
+
+    def _attrs(self):
+        return dict(kernel_shape=list(self.k), strides=list(self.s), pads=[self.p[0], self.p[1], self.p[0], self.p[1]],
+                    dilations=list(self.d), group=self.groups)
+
+    def forward(self, gb, x):
+        self.in_shape = x.shape
+        self.w_name = gb.weight(self.w, f"{self.where}.w")
+        b_name = gb.weight(self.b, f"{self.where}.b")
+        y = gb.op("Conv", [x.name, self.w_name, b_name], self.where, **self._attrs())
+        _, H, W = x.shape
+        Ho = _out_size(H, self.k[0], self.s[0], self.p[0], self.d[0])
+        Wo = _out_size(W, self.k[1], self.s[1], self.p[1], self.d[1])
+        self.out_shape = (self.w.shape[0], Ho, Wo)
+        return Tensor(y, x.dtype, self.out_shape)
+
+    def backward(self, gb, gy):
+        _, H, W = self.in_shape
+        _, Ho, Wo = self.out_shape
+        op = [_output_padding(H, Ho, self.k[0], self.s[0], self.p[0], self.d[0]),
+              _output_padding(W, Wo, self.k[1], self.s[1], self.p[1], self.d[1])]
+        gx = gb.op("ConvTranspose", [gy.name, self.w_name], f"grad_{self.where}", output_padding=op, **self._attrs())
+        return Tensor(gx, gy.dtype, self.in_shape)
+
+
+class ReLU(Layer):
+    def __init__(self, where: str):
+        self.where = where
+
+    def forward(self, gb, x):
+        self.y = Tensor(gb.op("Relu", [x.name], self.where), x.dtype, x.shape)
+        return self.y
+
+    def backward(self, gb, gy):
+        zero = gb.const(0, gy.dtype, "zero")
+        positive = gb.op("Greater", [self.y.name, zero], f"{self.where}_mask")
+        return Tensor(gb.op("Where", [positive, gy.name, zero], f"grad_{self.where}"), gy.dtype, gy.shape)
+
+
+class MaxPool(Layer):
+    def __init__(self, pool, where: str):
+        if pool.ceil_mode or pool.return_indices or _pair(pool.dilation) != (1, 1):
+            raise ValueError(f"{where}: only MaxPool2d with dilation 1, ceil_mode=False is exported")
+        self.k = _pair(pool.kernel_size)
+        self.s = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        self.p = _pair(pool.padding)
+        self.where = where
+
+    def forward(self, gb, x):
+        self.x = x
+        C, H, W = x.shape
+        self.out_shape = (C, _out_size(H, self.k[0], self.s[0], self.p[0]), _out_size(W, self.k[1], self.s[1], self.p[1]))
+        pads = [self.p[0], self.p[1], self.p[0], self.p[1]]
+        self.y = Tensor(gb.op("MaxPool", [x.name], self.where, kernel_shape=list(self.k), strides=list(self.s), pads=pads),
+                        x.dtype, self.out_shape)
+        return self.y
+
+    def backward(self, gb, gy):
+        (kh, kw), (sh, sw), (ph, pw) = self.k, self.s, self.p
+        C, H, W = self.x.shape
+        _, Ho, Wo = self.out_shape
+        dt = gy.dtype
+        # Padding holds the type's lowest finite value: it can never equal a window maximum, which is taken
+        # over real inputs only (so, as in PyTorch, padding never receives gradient).
+        lowest = gb.const(np.finfo(dt).min, dt, "lowest")
+        xp = gb.op("Pad", [self.x.name, gb.const([0, 0, ph, pw, 0, 0, ph, pw], np.int64, "pads"), lowest], f"{self.where}_padded")
+        zero = gb.const(0, dt, "zero")
+        taken = None
+        routed = []
+        for di in range(kh):
+            for dj in range(kw):  # PyTorch's scan order within a window: rows, then columns
+                starts = gb.const([di, dj], np.int64, "starts")
+                ends = gb.const([di + sh * (Ho - 1) + 1, dj + sw * (Wo - 1) + 1], np.int64, "ends")
+                shifted = gb.op("Slice", [xp, starts, ends, gb.axes(2, 3), gb.const([sh, sw], np.int64, "steps")],
+                                f"{self.where}_at{di}{dj}")
+                is_max = gb.op("Equal", [shifted, self.y.name], f"{self.where}_ismax{di}{dj}")
+                if taken is None:
+                    first, taken = is_max, is_max
+                else:
+                    first = gb.op("And", [is_max, gb.op("Not", [taken], f"{self.where}_free{di}{dj}")], f"{self.where}_first{di}{dj}")
+                    taken = gb.op("Or", [taken, is_max], f"{self.where}_taken{di}{dj}")
+                g = gb.op("Where", [first, gy.name, zero], f"{self.where}_grad{di}{dj}")
+                routed.append(gb.op("Unsqueeze", [g, gb.axes(2)], f"{self.where}_grad{di}{dj}_u"))
+        K = kh * kw
+        stacked = gb.op("Concat", routed, f"{self.where}_routed", axis=2)  # (B, C, K, Ho, Wo)
+        flat = gb.op("Reshape", [stacked, gb.const([-1, C * K, Ho, Wo], np.int64, "shape")], f"{self.where}_routed_flat")
+        onehot = np.zeros((C * K, 1, kh, kw), np.float32)
+        for c in range(C):
+            for k in range(K):
+                onehot[c * K + k, 0, k // kw, k % kw] = 1.0
+        op = [_output_padding(H, Ho, kh, sh, ph), _output_padding(W, Wo, kw, sw, pw)]
+        gx = gb.op("ConvTranspose", [flat, gb.weight(onehot, f"{self.where}.scatter")], f"grad_{self.where}",
+                   kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], group=C, output_padding=op)
+        return Tensor(gx, dt, self.x.shape)
+
+
+class SubsamplePadShortcut(Layer):
+    """He et al. 2016 option A: x[:, :, ::2, ::2] with `pad` zero channels on each side."""
+
+    def __init__(self, pad: int, where: str):
+        self.pad = int(pad)
+        self.where = where
+
+    def forward(self, gb, x):
+        self.in_shape = x.shape
+        C, H, W = x.shape
+        sub = gb.op("Slice", [x.name, gb.const([0, 0], np.int64, "starts"), gb.const([H, W], np.int64, "ends"),
+                              gb.axes(2, 3), gb.const([2, 2], np.int64, "steps")], f"{self.where}_sub")
+        pads = gb.const([0, self.pad, 0, 0, 0, self.pad, 0, 0], np.int64, "pads")
+        self.out_shape = (C + 2 * self.pad, (H + 1) // 2, (W + 1) // 2)
+        return Tensor(gb.op("Pad", [sub, pads, gb.const(0, x.dtype, "zero")], self.where), x.dtype, self.out_shape)
+
+    def backward(self, gb, gy):
+        C, H, W = self.in_shape
+        _, h, w = self.out_shape
+        inner = gb.op("Slice", [gy.name, gb.const([self.pad], np.int64, "starts"), gb.const([self.pad + C], np.int64, "ends"),
+                                gb.axes(1)], f"grad_{self.where}_unpad")
+        ones = gb.weight(np.ones((C, 1, 1, 1), np.float32), f"{self.where}.scatter")
+        gx = gb.op("ConvTranspose", [inner, ones], f"grad_{self.where}", kernel_shape=[1, 1], strides=[2, 2], group=C,
+                   output_padding=[_output_padding(H, h, 1, 2, 0), _output_padding(W, w, 1, 2, 0)])
+        return Tensor(gx, gy.dtype, self.in_shape)
+
+
+class Residual(Layer):
+    """y = relu(branch(x) + shortcut(x)): the block of every ResNet here."""
+
+    def __init__(self, branch: Layer, shortcut: Layer, where: str):
+        self.branch, self.shortcut = branch, shortcut
+        self.relu = ReLU(f"{where}.out")
+        self.where = where
+
+    def forward(self, gb, x):
+        b = self.branch.forward(gb, x)
+        s = self.shortcut.forward(gb, x)
+        total = Tensor(gb.op("Add", [b.name, s.name], f"{self.where}.sum"), b.dtype, b.shape)
+        return self.relu.forward(gb, total)
+
+    def backward(self, gb, gy):
+        g = self.relu.backward(gb, gy)
+        gb_ = self.branch.backward(gb, g)
+        gs = self.shortcut.backward(gb, g)
+        return Tensor(gb.op("Add", [gb_.name, gs.name], f"grad_{self.where}.in"), gb_.dtype, gb_.shape)
+
+
+class GlobalAvgPoolFlatten(Layer):
+    def __init__(self, where: str):
+        self.where = where
+
+    def forward(self, gb, x):
+        self.in_shape = x.shape
+        pooled = gb.op("GlobalAveragePool", [x.name], self.where)
+        return Tensor(gb.op("Flatten", [pooled], f"{self.where}_flat", axis=1), x.dtype, (x.shape[0],))
+
+    def backward(self, gb, gy):
+        _, H, W = self.in_shape
+        g4 = gb.op("Unsqueeze", [gy.name, gb.axes(2, 3)], f"grad_{self.where}_4d")
+        spread = gb.const(np.full((1, 1, H, W), 1.0 / (H * W)), gy.dtype, f"{self.where}_spread")
+        return Tensor(gb.op("Mul", [g4, spread], f"grad_{self.where}"), gy.dtype, self.in_shape)
+
+
+class Linear(Layer):
+    def __init__(self, fc, where: str):
+        import torch.nn as nn
+
+        if not isinstance(fc, nn.Linear):
+            raise TypeError(f"{where}: expected Linear, got {type(fc).__name__}")
+        self.w = fc.weight.detach().float().cpu().numpy()
+        self.b = fc.bias.detach().float().cpu().numpy() if fc.bias is not None else np.zeros(self.w.shape[0], np.float32)
+        self.where = where
+
+    def forward(self, gb, x):
+        if x.shape != (self.w.shape[1],):
+            raise ValueError(f"{self.where}: expects {self.w.shape[1]} features, gets {x.shape}")
+        self.w_name = gb.weight(self.w, f"{self.where}.w")
+        y = gb.op("Gemm", [x.name, self.w_name, gb.weight(self.b, f"{self.where}.b")], "logits_net", transB=1)
+        return Tensor(y, x.dtype, (self.w.shape[0],))
+
+    def backward(self, gb, gy):
+        return Tensor(gb.op("MatMul", [gy.name, self.w_name], f"grad_{self.where}"), gy.dtype, (self.w.shape[1],))
