@@ -11,6 +11,8 @@ so T steps cost T+1 forwards and T backwards.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..objectives import early_stop_active_ref, objective_ref
@@ -32,6 +34,20 @@ def sgld_noise(indices: torch.Tensor, seed: int, step: int, shape: tuple[int, ..
     return out
 
 
+@contextlib.contextmanager
+def strict_fp32():
+    """The reference is fp32 through and through: PyTorch lets cuDNN convolutions use TF32 by default on
+    Ampere and later GPUs, so switch TF32 off (convolutions and matmuls) while refining, and restore after."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
+                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 class TorchEngine(Engine):
     name = "torch"
 
@@ -41,9 +57,10 @@ class TorchEngine(Engine):
 
     def refine_batch(self, x0, labels, indices):
         x0 = x0.float()
-        if self.config.method == "sgld":
-            return self._sgld(x0, labels, indices)
-        return self._pgd(x0, labels)
+        with strict_fp32():
+            if self.config.method == "sgld":
+                return self._sgld(x0, labels, indices)
+            return self._pgd(x0, labels)
 
     def _pgd(self, x0, labels):
         cfg, tau = self.config, self.scalars.tau
