@@ -5,10 +5,9 @@ A resolved config is written next to every output as JSON (`to_json` / `from_jso
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
+from .config_json import JsonConfig
 from .objectives import OBJECTIVES, REALNESS
 
 METHODS = ("pgd", "sgld")
@@ -17,7 +16,7 @@ EARLY_STOP_RULES = ("realness", "none")
 
 
 @dataclass
-class RefineConfig:
+class RefineConfig(JsonConfig):
     """What refinement computes. Defaults are the `paper` preset.
 
     method       "pgd": x ← clamp(Π_{B2(x0,ε)}(x − α·g/‖g‖₂)) on ∇J (SPEC §4);
@@ -80,27 +79,6 @@ class RefineConfig:
     def effective_objective(self) -> str:
         return "logit" if self.method == "sgld" else self.objective
 
-    def replace(self, **changes) -> "RefineConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RefineConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown refinement config keys: {sorted(unknown)}")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "RefineConfig":
-        return cls.from_dict(json.loads(text))
-
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "RefineConfig":
         if name not in PRESETS:
@@ -117,14 +95,3 @@ PRESETS: dict[str, dict] = {
     "bigroc-pl": dict(method="pgd", objective="ce", alpha=1.5 * 1.5 / 7, steps=7, eps=1.5, early_stop="none", labels="argmax"),
     "sgld": dict(method="sgld", objective="logit", alpha=0.2, steps=15, eps=None, early_stop="none", sigma=1e-4, labels="given"),
 }
-
-
-@dataclass
-class RunInfo:
-    """Provenance written beside the config of every refinement output."""
-
-    checkpoint: str = ""
-    engine: str = "torch"
-    input: str = ""
-    ccfast_version: str = ""
-    extra: dict = field(default_factory=dict)

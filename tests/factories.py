@@ -6,13 +6,8 @@ import numpy as np
 import torch
 
 
-def make_tiny_checkpoint(path, num_classes=10, image_size=16, seed=0, ell0=2.0, realness="logit", width=8):
-    """A random-weight tiny net with non-trivial BatchNorm statistics, saved as an inference checkpoint."""
-    from ccfast.checkpoint import CheckpointInfo, save_checkpoint
-    from ccfast.models import build_model
-
-    torch.manual_seed(seed)
-    model = build_model("tiny", num_classes, width=width)
+def randomize_batchnorm(model):
+    """Non-trivial BatchNorm statistics and affine weights (fresh ones are the identity), in place."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -20,6 +15,16 @@ def make_tiny_checkpoint(path, num_classes=10, image_size=16, seed=0, ell0=2.0, 
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def make_tiny_checkpoint(path, num_classes=10, image_size=16, seed=0, ell0=2.0, realness="logit", width=8):
+    """A random-weight tiny net with non-trivial BatchNorm statistics, saved as an inference checkpoint."""
+    from ccfast.checkpoint import CheckpointInfo, save_checkpoint
+    from ccfast.models import build_model
+
+    torch.manual_seed(seed)
+    model = randomize_batchnorm(build_model("tiny", num_classes, width=width))
     info = CheckpointInfo(arch="tiny", num_classes=num_classes, image_size=(image_size, image_size),
                           mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), ell0=ell0, realness=realness,
                           arch_kwargs={"width": width})

@@ -29,6 +29,8 @@ from ccfast.refine.base import ResolvedScalars
 from ccfast.refine.torch_engine import TorchEngine
 from ccfast.refine.triton_engine import TritonEngine
 
+from factories import randomize_batchnorm
+
 needs_gpu = pytest.mark.skipif(not CUDA, reason="CUDA graphs and the compiled engine need a CUDA GPU (the loop logic is tested on CPU)")
 if not CUDA and not interpreted():
     pytest.skip("no CUDA GPU and the kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
@@ -40,14 +42,8 @@ LOOP_OPTS = {"graphs": 0, "compile": 0, "dtype": "fp32"}
 
 def _model(arch="tiny", num_classes=10, seed=0):
     torch.manual_seed(seed)
-    model = build_model(arch, num_classes, **({"width": 8} if arch == "tiny" else {}))
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them is exercised
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    # Non-trivial BatchNorm statistics, so folding them is exercised.
+    model = randomize_batchnorm(build_model(arch, num_classes, **({"width": 8} if arch == "tiny" else {})))
     return model.eval().requires_grad_(False).to(DEVICE)
 
 

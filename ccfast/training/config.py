@@ -14,10 +14,9 @@ Two modes (`mode`):
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
+from ..config_json import JsonConfig
 from ..errors import CCFastError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -41,7 +40,7 @@ RUN_CONTROL_FIELDS = frozenset({"iters", "device", "log_every", "ckpt_every", "q
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """A training run. Defaults are SPEC §3 (the official code's values where the paper gives none).
 
     mode              "joint" (SPEC §3) or "robust-classifier" (real images only; see MODE_DEFAULTS)
@@ -215,27 +214,6 @@ class TrainConfig:
         if mode not in MODE_DEFAULTS:
             raise CCFastError(f"invalid training config: mode {mode!r} not in {MODES}")
         return cls(**{"mode": mode, **MODE_DEFAULTS[mode], **values})
-
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise CCFastError(f"unknown training config keys: {sorted(unknown)}")
-        return cls(**d)  # keys absent from an older config.json (mode, real_attack) take their defaults
-
-    @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        return cls.from_dict(json.loads(text))
 
     def differences(self, other: "TrainConfig", ignore=RUN_CONTROL_FIELDS) -> dict[str, tuple]:
         """Fields (outside `ignore`) whose values differ: {name: (self's, other's)}."""
