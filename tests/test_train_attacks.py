@@ -14,6 +14,8 @@ from ccfast.pgd import pgd_l2
 from ccfast.training.attacks import attack_fake, attack_pair, attack_real, paired_keep_going, random_start
 from ccfast.training.config import TrainConfig
 
+from factories import randomize_batchnorm
+
 ATOL = 1e-6  # same ops in the same order on CPU; a hair of slack for BLAS scheduling
 
 
@@ -23,13 +25,7 @@ def _cfg(**kw) -> TrainConfig:
 
 def _tiny_eval_model(seed=0, classes=5):
     torch.manual_seed(seed)
-    model = build_model("tiny", classes, width=4)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomize_batchnorm(build_model("tiny", classes, width=4)).eval()
 
 
 def _batch(n=6, size=12, classes=5, seed=1):

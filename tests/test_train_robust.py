@@ -24,6 +24,8 @@ from ccfast.training.attacks import attack_real, random_start
 from ccfast.training.config import MODE_DEFAULTS, TrainConfig
 from ccfast.training.loop import GENERATED_EVAL_KEYS, GENERATED_METRIC_KEYS, METRIC_KEYS, Trainer
 
+from factories import randomize_batchnorm
+
 ATOL = 1e-6  # attack: same ops in the same order as the reference loop on CPU
 FAST = ["--arch", "tiny", "--batch-size", "4", "--real-steps", "2", "--lr", "1e-3", "--log-every", "1", "--quiet",
         "--device", "cpu"]
@@ -61,13 +63,7 @@ def _state(run):
 
 def _tiny_eval_model(seed=0, classes=5):
     torch.manual_seed(seed)
-    model = build_model("tiny", classes, width=4)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomize_batchnorm(build_model("tiny", classes, width=4)).eval()
 
 
 def _batch(n=8, size=12, classes=5, seed=1):
