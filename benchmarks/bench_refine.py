@@ -214,6 +214,21 @@ def make_triton(model, steps, device, head, **opts):
     return TritonEngine(model, cfg, ResolvedScalars(tau=None, head=head), device, **opts)
 
 
+def make_ort(model, args, device, head):
+    """`--engine ort` on the same network: export its fp32 step graph once, one bucket per batch size."""
+    import copy
+    import tempfile
+
+    from ccfast.onnx_export.build import export_step_graph
+    from ccfast.refine.ort_engine import OrtEngine
+
+    path = Path(tempfile.mkdtemp(prefix="ccfast-bench-")) / "step-fp32.onnx"
+    export_step_graph(copy.deepcopy(model).cpu(), (args.size, args.size), path, "fp32")
+    cfg = RefineConfig(steps=args.steps, alpha=0.1, eps=1.5, early_stop="none")
+    extra = {"buckets": args.batches} if device.type == "cuda" else {}
+    return OrtEngine(model, cfg, ResolvedScalars(tau=None, head=head), device, onnx=str(path), **extra)
+
+
 def bench_triton(eng, x0, labels, steps, device):
     idx = torch.arange(len(x0))
     t0 = time.perf_counter()
@@ -389,7 +404,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--methods", default="torchattacks,reference,eager-graph,compile-graph,triton,triton-eager",
+    p.add_argument("--methods", default="torchattacks,reference,eager-graph,compile-graph,triton,triton-eager,ort",
                    help="which contenders to run (comma list)")
     p.add_argument("--early-stop", type=int, default=1, help="run section 2 (needs --data)")
     p.add_argument("--es-images", type=int, default=1024)
@@ -476,6 +491,21 @@ def main(argv=None):
                     profiles[f"triton engine, batch {B}"] = f"profile failed: {type(exc).__name__}: {exc}"
 
             attempt("triton engine", "bf16", run_triton)
+        if "ort" in methods:
+            def run_ort():
+                if "ort" not in engines:
+                    engines["ort"] = make_ort(model, args, device, head)
+                eng = engines["ort"]
+                idx = torch.arange(B)
+                t0 = time.perf_counter()
+                eng.refine_batch(x0, labels, idx)  # first call at this size: session run, IOBinding, graph capture
+                sync(device)
+                setup_s = time.perf_counter() - t0
+                per = median_time(lambda: eng.refine_batch(x0, labels, idx), device, reps=5) / args.steps
+                record("ort engine", "fp32", per, setup_s,
+                       f"--engine ort: exported step graph, ONNX Runtime {'CUDA' if device.type == 'cuda' else 'CPU'} "
+                       f"provider, CUDA graphs in use: {bool(eng.timings().get('cuda_graph'))}; T+1 graph calls")
+            attempt("ort engine", "fp32", run_ort)
         if "triton-eager" in methods:
             def run_triton_eager():
                 if "triton-eager" not in engines:
