@@ -392,7 +392,7 @@ def meta_info(device, args) -> dict:
     return {"card": card, "versions": versions, "commit": args.commit, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "setup": (f"ResNet-50 at {args.size}×{args.size}, {args.steps} steps per timed call, paper objective (Eq. 12), α=0.1, ε=1.5, "
                        "early stopping off in section 1. image-steps/s = batch / (s per step). The recipes' bf16 = model.to(bf16); the engine's = autocast over bf16 weights; "
-                       "torchattacks and the reference engine run fp32 with PyTorch's default flags (cuDNN TF32 on).")}
+                       "torchattacks runs fp32 with PyTorch's default flags (cuDNN TF32 on); the reference engine is strict fp32 (TF32 off).")}
 
 
 def main(argv=None):
