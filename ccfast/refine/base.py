@@ -7,12 +7,14 @@ a `RefineResult`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from ..config import RefineConfig
+from ..errors import CCFastError
 from ..objectives import HeadParams
 
 STAT_FIELDS = ("steps", "realness_init", "realness_final", "objective_init", "objective_final", "stopped")
@@ -88,3 +90,21 @@ class Engine:
     def timings(self) -> dict:
         """Set-up costs (compile, capture, build) reported apart from the steady state."""
         return {}
+
+
+def reject_unknown_options(engine: str, options, allowed) -> None:
+    """`--engine-option` keys an engine does not take are an error that lists the ones it does."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise CCFastError(f"engine {engine!r} has no option {', '.join(unknown)}; options: {', '.join(sorted(allowed))}")
+
+
+def sgld_fallback(engine: str, model, config: RefineConfig, scalars: ResolvedScalars, device):
+    """The reference engine for SGLD, None for PGD. SGLD draws its noise per example on the CPU and never
+    projects, so no fused loop or step graph exists for it: the fast engines hand it to the reference."""
+    if config.method != "sgld":
+        return None
+    from .torch_engine import TorchEngine
+
+    logging.getLogger("ccfast.refine").warning("engine %r: SGLD runs with the torch reference engine", engine)
+    return TorchEngine(model, config, scalars, device)

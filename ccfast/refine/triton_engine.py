@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import CCFastError
-from .base import Engine, RefineResult
+from .base import Engine, RefineResult, reject_unknown_options, sgld_fallback
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -99,9 +99,7 @@ class TritonOptions:
     def parse(cls, options: dict, device: torch.device) -> TritonOptions:
         known = {"dtype", "tf32", "compile", "graphs", "channels_last", "fold_bn", "cast_weights", "pad_channels",
                  "compact_every", "buckets", "min_bucket", "compile_mode"}
-        unknown = set(options) - known
-        if unknown:
-            raise CCFastError(f"engine 'triton' has no option(s) {sorted(unknown)}; it takes {sorted(known)}")
+        reject_unknown_options("triton", options, known)
         cuda = device.type == "cuda"
         o = cls(dtype="bf16" if cuda else "fp32", compile=cuda, graphs=cuda, explicit=dict(options))
         if "dtype" in options:
@@ -230,11 +228,8 @@ class TritonEngine(Engine):
         # K steps per graph between compactions; without early stopping nothing is ever compacted.
         self._K = T if tau is None else min(self.opts.compact_every, T)
         self._segments = sorted({k for k in (self._K, T % self._K if self._K else 0) if k > 0})
-        self._fallback = None
-        if config.method == "sgld":
-            from .torch_engine import TorchEngine
-
-            self._fallback = TorchEngine(model, config, scalars, device)
+        self._fallback = sgld_fallback("triton", model, config, scalars, device)
+        if self._fallback is not None:
             return
         t0 = time.perf_counter()
         self.net = self._prepare_network(model)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CCFastError
-from .base import Engine, RefineResult
+from .base import Engine, RefineResult, reject_unknown_options, sgld_fallback
 
 log = logging.getLogger("ccfast.refine.trt")
 
@@ -71,17 +71,10 @@ class TrtEngine(Engine):
 
     def __init__(self, model, config, scalars, device, **options):
         super().__init__(model, config, scalars, device)
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise CCFastError(f"engine 'trt' has no option {', '.join(unknown)}; options: {', '.join(OPTIONS)}")
+        reject_unknown_options("trt", options, OPTIONS)
         self._timings: dict[str, float] = {}
-        self._fallback = None
-        if config.method == "sgld":
-            from .torch_engine import TorchEngine
-
-            log.warning("engine 'trt': SGLD adds noise and never projects, so it has no step graph; "
-                        "running it with the torch reference engine")
-            self._fallback = TorchEngine(model, config, scalars, device)
+        self._fallback = sgld_fallback("trt", model, config, scalars, device)
+        if self._fallback is not None:
             return
         from ..onnx_export.runner import params_for, parse_buckets
         from ..onnx_export.tensorrt_build import import_tensorrt
