@@ -18,6 +18,20 @@ def randomize_batchnorm(model):
     return model
 
 
+def tiny_eval_model(seed=0, classes=5, width=4):
+    """A tiny net in eval mode with non-trivial BatchNorm, seeded: the model of the attack/loss tests."""
+    from ccfast.models import build_model
+
+    torch.manual_seed(seed)
+    return randomize_batchnorm(build_model("tiny", classes, width=width)).eval()
+
+
+def random_batch(n, size=12, classes=5, seed=1):
+    """n float images in [0, 1] (NCHW) and labels, from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
 def make_tiny_checkpoint(path, num_classes=10, image_size=16, seed=0, ell0=2.0, realness="logit", width=8):
     """A random-weight tiny net with non-trivial BatchNorm statistics, saved as an inference checkpoint."""
     from ccfast.checkpoint import CheckpointInfo, save_checkpoint

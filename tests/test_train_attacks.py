@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from ccfast.models import JointModel, build_model
+from ccfast.models import JointModel
 from ccfast.objectives import loss_fake_ref, loss_real_ref, realness_score_ref
 from ccfast.pgd import pgd_l2
 from ccfast.training.attacks import attack_fake, attack_pair, attack_real, paired_keep_going, random_start
 from ccfast.training.config import TrainConfig
 
-from factories import randomize_batchnorm
+from factories import random_batch, tiny_eval_model as _tiny_eval_model
 
 ATOL = 1e-6  # same ops in the same order on CPU; a hair of slack for BLAS scheduling
 
@@ -23,14 +23,8 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(real=["r"], fake=["g"], out="o", **kw)
 
 
-def _tiny_eval_model(seed=0, classes=5):
-    torch.manual_seed(seed)
-    return randomize_batchnorm(build_model("tiny", classes, width=4)).eval()
-
-
-def _batch(n=6, size=12, classes=5, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g)
+def _batch(n=6, **kw):
+    return random_batch(n, **kw)
 
 
 def _loss_real(model, c, realness="logit"):

@@ -24,7 +24,7 @@ from ccfast.training.attacks import attack_real, random_start
 from ccfast.training.config import MODE_DEFAULTS, TrainConfig
 from ccfast.training.loop import GENERATED_EVAL_KEYS, GENERATED_METRIC_KEYS, METRIC_KEYS, Trainer
 
-from factories import randomize_batchnorm
+from factories import random_batch, tiny_eval_model as _tiny_eval_model
 
 ATOL = 1e-6  # attack: same ops in the same order as the reference loop on CPU
 FAST = ["--arch", "tiny", "--batch-size", "4", "--real-steps", "2", "--lr", "1e-3", "--log-every", "1", "--quiet",
@@ -61,14 +61,8 @@ def _state(run):
 # ------------------------------------------------------------------------------------------ the CE attack
 
 
-def _tiny_eval_model(seed=0, classes=5):
-    torch.manual_seed(seed)
-    return randomize_batchnorm(build_model("tiny", classes, width=4)).eval()
-
-
-def _batch(n=8, size=12, classes=5, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g)
+def _batch(n=8, **kw):
+    return random_batch(n, **kw)
 
 
 def _cfg(**kw) -> TrainConfig:
