@@ -285,3 +285,76 @@ def test_smoke_suite_end_to_end_pauses_and_resumes(tmp_path, capsys):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "ran 0 stage(s)" in again.stderr and "$ " not in again.stderr
     assert records == {p.name: json.loads(p.read_text())["finished_at"] for p in (out / "stages").glob("*.json")}
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10" / "test.npz").exists(), reason="shared CIFAR-10 data not present")
+def test_smoke_suite_in_two_lanes_gives_the_one_lane_stages(tmp_path):
+    """`--lanes 2` splits the stages over two processes (here both on the CPU); every stage still runs exactly once
+    and the report lists every row. A rerun finds everything up to date."""
+    from benchmarks.quality.run import main, refine_jobs
+    from benchmarks.quality.suite_config import smoke_config
+
+    out = tmp_path / "lanes"
+    assert main(_suite_args(out, "--lanes", "2")) == 0
+    logs = (out / "logs" / "lane0.log").read_text() + (out / "logs" / "lane1.log").read_text()
+    records = {p.stem for p in (out / "stages").glob("*.json")}
+    jobs = [j["name"] for j in refine_jobs(smoke_config())]
+    assert {"data", "gen_ct", "samples_ct", "gen_act", "samples_act", "clf_robust", "clf_joint"} <= records
+    assert {f"refine_{j}" for j in jobs} <= records and {f"eval_{j}" for j in jobs} <= records
+    assert "--refine-methods bigroc" in logs and "--refine-methods paper,sgld" in logs
+    with open(out / "results" / "quality.csv") as fh:
+        assert {"CT 1-step + BIGROC", "CT 1-step + joint PGD (paper)", "ACT 1-step"} <= {r["row"] for r in csv.DictReader(fh)}
+    finished = {p.name: json.loads(p.read_text())["finished_at"] for p in (out / "stages").glob("*.json")}
+    assert main(_suite_args(out, "--lanes", "2")) == 0
+    assert finished == {p.name: json.loads(p.read_text())["finished_at"] for p in (out / "stages").glob("*.json")}
+
+
+def test_lane_children_get_their_own_stages_device_and_deadline():
+    from benchmarks.quality.lanes import child_argv
+
+    argv = ["--data-dir", "d", "--lanes", "2", "--stages=all", "--device", "cuda", "--deadline-minutes", "9",
+            "--refine-methods", "bigroc", "--out-dir", "o", "--budget-minutes", "6"]
+    assert child_argv(argv) == ["--data-dir", "d", "--out-dir", "o", "--budget-minutes", "6"]
+
+
+def test_refine_methods_must_be_known(tmp_path):
+    from benchmarks.quality.run import main
+
+    assert main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--stages", "refine",
+                 "--refine-methods", "bigroc,pgd"]) != 0
+
+
+def test_pack_and_unpack_restore_files_exactly_part_by_part(tmp_path):
+    from benchmarks.quality.pack_data import main as pack_main
+    from benchmarks.quality.pack_data import unpack_dir
+
+    rng = np.random.default_rng(0)
+    images = np.cumsum(rng.integers(0, 3, size=(40, 32, 32, 3)), axis=2).astype(np.uint8)  # smooth, compressible
+    labels = rng.integers(0, 10, size=40)
+    src = tmp_path / "src"
+    src.mkdir()
+    np.savez_compressed(src / "train_x.npz", images=images, labels=labels)
+    (src / "weights.pt").write_bytes(rng.bytes(5000))
+    packed, stage, data = tmp_path / "packed", tmp_path / "stage", tmp_path / "data"
+    assert pack_main(["pack", "--out", str(packed), "--part-mb", "0.002", f"{src / 'train_x.npz'}=cifar10/",
+                      f"{src / 'weights.pt'}=models/w.pt"]) == 0
+    weight_parts = sorted(packed.glob("w.pt.part*"))
+    assert len(weight_parts) == 3  # 5000 bytes in parts of 2000
+    stage.mkdir()
+    for f in packed.glob("*.manifest.json"):
+        (stage / f.name).write_bytes(f.read_bytes())
+    for f in packed.glob("train_x.npz.part*"):
+        (stage / f.name).write_bytes(f.read_bytes())
+    (stage / weight_parts[0].name).write_bytes(weight_parts[0].read_bytes())
+    ready, waiting = unpack_dir(stage, data, log=lambda *_: None)  # the weights are still partly in transit
+    assert ready == ["cifar10/train_x.npz"] and len(waiting) == 1 and "w.pt" in waiting[0]
+    with np.load(data / "cifar10" / "train_x.npz") as z:
+        assert np.array_equal(z["images"], images) and np.array_equal(z["labels"], labels)
+    for f in weight_parts[1:]:
+        (stage / f.name).write_bytes(f.read_bytes())
+    assert pack_main(["unpack", str(stage), "--out", str(data), "--require", "models/w.pt"]) == 0
+    assert (data / "models" / "w.pt").read_bytes() == (src / "weights.pt").read_bytes()
+    (stage / weight_parts[1].name).write_bytes(b"damaged")
+    (data / "models" / "w.pt").unlink()
+    assert pack_main(["unpack", str(stage), "--out", str(data)]) != 0  # sha256 mismatch is an error, not a file
+    assert not (data / "models" / "w.pt").exists()

