@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--robust-iters", type=int, help="ccfast.train iterations of the robust classifier (default 2000)")
     b.add_argument("--joint-iters", type=int, help="ccfast.train iterations of the joint model (default 2000)")
     b.add_argument("--clf-arch", choices=sorted(realdata.PRETRAINED_FILES), help="both classifiers' backbone, "
-                   "initialised from shared/data/models (default cifar_resnet20; resnet56 trains ~2.8x slower)")
+                   "initialised from shared/data/models (default cifar_resnet20; resnet56 has 2.8x the layers, expect it that much slower)")
     b.add_argument("--n-eval", type=int, help="samples per evaluated file (default 10000)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--inception", help="Inception weights for ccfast.evaluate (pytorch-fid's .pth or fid-helper's .pt); "
@@ -247,6 +247,9 @@ class Suite:
 
         def run():
             model, _ = load_generator(gen_file, self.device)
+            for steps in outs:  # untimed warm-up: cuDNN autotuning and allocator growth belong to no one's s/10k
+                generate(model, min(cfg.sample_batch, cfg.n_eval), steps, cfg.seed + 10_000, cfg.sigma_mid,
+                         cfg.sample_batch, self.device, False)
             info = {}
             for steps, path in outs.items():
                 images, labels, seconds = timed_generate(model, cfg.n_eval, steps, cfg.seed)
