@@ -29,14 +29,20 @@ CHILD_THREADS: int | None = None
 DEADLINE: float | None = None
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment with the repository root first on PYTHONPATH, for `python -m` children."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 def run_cli(module: str, args: list, log=print) -> float:
     """`python -m MODULE ARGS` from the repository root (so a fresh checkout works uninstalled); returns seconds."""
     cmd = [sys.executable, "-m", module, *map(str, args)]
     log(f"  $ {shlex.join(cmd)}")
-    env = dict(os.environ)
+    env = child_env()
     if CHILD_THREADS is not None:
         env["OMP_NUM_THREADS"] = str(CHILD_THREADS)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     start = time.perf_counter()
     timeout = None
     if DEADLINE is not None:

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .external import child_env
 from .stages import REPO_ROOT
 
 
@@ -42,8 +43,8 @@ TWO_LANES = (
 FINAL = Step("eval,report")
 EXIT_PAUSED = 3
 
-# Options of the parent command that the lanes set themselves.
-_OWN_OPTIONS = {"--lanes": 1, "--stages": 1, "--device": 1, "--refine-methods": 1, "--deadline-minutes": 1}
+# Options of the parent command that the lanes set themselves (each takes one value).
+_OWN_OPTIONS = {"--lanes", "--stages", "--device", "--refine-methods", "--deadline-minutes"}
 
 
 def child_argv(argv: list[str]) -> list[str]:
@@ -55,7 +56,7 @@ def child_argv(argv: list[str]) -> list[str]:
             continue
         name = arg.split("=", 1)[0]
         if name in _OWN_OPTIONS:
-            skip = 0 if "=" in arg else _OWN_OPTIONS[name]
+            skip = 0 if "=" in arg else 1
             continue
         out.append(arg)
     return out
@@ -87,8 +88,7 @@ class LaneRunner:
 
     def run_step(self, lane: int, gpu: str | None, step: Step) -> int:
         cmd = [sys.executable, "-m", "benchmarks.quality.run", *self.base, "--stages", step.stages]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        env = child_env()
         env["PYTHONUNBUFFERED"] = "1"
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu

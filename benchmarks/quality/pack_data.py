@@ -27,7 +27,7 @@ import numpy as np
 
 from ccfast.cli import run_main
 from ccfast.errors import CCFastError
-from ccfast.io_utils import atomic_path
+from ccfast.io_utils import atomic_path, file_fingerprint
 
 PROG = "python -m benchmarks.quality.pack_data"
 NPZ_FILTERS = [{"id": lzma.FILTER_DELTA, "dist": 3}, {"id": lzma.FILTER_LZMA2, "preset": 6}]
@@ -72,7 +72,7 @@ def unpack_dir(stage: Path, out_dir: Path, log=print) -> tuple[list[str], list[s
     for mpath in sorted(stage.glob("*.manifest.json")):
         m = json.loads(mpath.read_text())
         dest = out_dir / m["dest"]
-        if dest.exists() and hashlib.sha256(dest.read_bytes()).hexdigest() == m["sha256"]:
+        if dest.exists() and file_fingerprint(dest) == m["sha256"]:
             ready.append(m["dest"])
             continue
         missing = [p for p in m["parts"] if not (stage / p).exists()]
