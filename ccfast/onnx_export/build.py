@@ -40,17 +40,17 @@ GRAPH_FORMAT = "ccfast-step-graph/1"
 class GraphLayout:
     """How the network part of the step graph is written; every choice computes the same function.
 
-    pad_channels     zero input channels of the first convolution up to a multiple of 8 (None: in fp16 only,
-                     where cuDNN's tensor-core kernels want C % 8 == 0)
+    pad_channels     zero input channels of the first convolution up to a multiple of 8 (tensor-core kernels
+                     want C % 8 == 0)
     maxpool_scatter  "conv" | "interleave": how max-pool gradients go back onto the input grid (layers.MaxPool)
+
+    The defaults are the graph as first written. Both alternatives were measured under ONNX Runtime on an
+    H200 (benchmarks/ort_variants.py, docs/export.md) and were not faster there: ONNX Runtime's fp16
+    convolutions miss tensor cores anyway, and its NHWC Pad is slow.
     """
 
-    pad_channels: bool | None = None
+    pad_channels: bool = False
     maxpool_scatter: str = "conv"
-
-    def resolved(self, dtype: str) -> "GraphLayout":
-        pad = (dtype != "fp32") if self.pad_channels is None else bool(self.pad_channels)
-        return GraphLayout(pad_channels=pad, maxpool_scatter=self.maxpool_scatter)
 
 
 def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", metadata: dict | None = None,
@@ -65,7 +65,7 @@ def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", me
         raise CCFastError("the model is in training mode; BatchNorm folding needs eval-mode statistics (call model.eval())")
     cdt = COMPUTE_DTYPES[dtype]
     H, W = (int(s) for s in image_size)
-    layout = (layout or GraphLayout()).resolved(dtype)
+    layout = layout or GraphLayout()
     if layout.maxpool_scatter not in MaxPool.SCATTERS:
         raise CCFastError(f"unknown max-pool scatter {layout.maxpool_scatter!r}; choose one of {', '.join(MaxPool.SCATTERS)}")
     layers = backbone_layers(model.backbone, layout.maxpool_scatter)
