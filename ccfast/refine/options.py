@@ -2,7 +2,7 @@
 
 Each engine declares what it takes as `OPTIONS`, a dict of name -> `Option`; `parse_options` checks the
 keys and values it is given and returns every declared option's value (the given one, else the default).
-Values come as strings from the command line or as Python values from the API. An unknown key or a value
+Values come as strings from the command line or as Python values from the API (where None means not given). An unknown key or a value
 of the wrong form is a one-line `CCFastError` naming the engine, the option and what it accepts (the CLI
 turns it into exit 2); nothing is guessed (`cuda_graph=yes2` is an error, not False).
 """
@@ -112,6 +112,8 @@ def parse_options(engine: str, spec: dict[str, Option], options: dict) -> dict:
     out = {name: opt.default for name, opt in spec.items()}
     for name, value in options.items():
         opt = spec[name]
+        if value is None:  # the API's way to say "not given"
+            continue
         try:
             out[name] = opt.parse(value)
         except (ValueError, TypeError):
