@@ -116,13 +116,13 @@ def test_fast_engines_refuse_sgld_when_built_directly(engine):
         cls(tiny_eval_model(), RefineConfig.from_preset("sgld", steps=2), scalars(), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("option", ["foo=bar", "cuda_graph=yes2"])
-def test_cli_bad_engine_option_is_exit_2_and_one_line(option, tiny_ckpt, samples_file, tmp_path, capsys):
+@pytest.mark.parametrize("engine,option", [("trt", "foo=bar"), ("trt", "cuda_graph=yes2"), ("torch", "foo=bar")])
+def test_cli_bad_engine_option_is_exit_2_and_one_line(engine, option, tiny_ckpt, samples_file, tmp_path, capsys):
     from ccfast.refine.__main__ import main
 
     out = tmp_path / "r.npz"
-    code = main(["--checkpoint", str(tiny_ckpt), "--input", str(samples_file), "--output", str(out), "--engine", "trt",
+    code = main(["--checkpoint", str(tiny_ckpt), "--input", str(samples_file), "--output", str(out), "--engine", engine,
                  "--engine-option", option, "--device", "cpu", "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "engine 'trt'" in err, err
+    assert code == 2 and len(err.splitlines()) == 1 and f"engine {engine!r}" in err, err
     assert not out.exists()

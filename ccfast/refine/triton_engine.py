@@ -47,7 +47,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -83,7 +83,6 @@ class TritonOptions:
     buckets: tuple[int, ...] | None = None
     min_bucket: int = 2
     compile_mode: str = "default"
-    explicit: dict = field(default_factory=dict)
 
     @classmethod
     def parse(cls, given: dict, device: torch.device) -> TritonOptions:
@@ -96,7 +95,7 @@ class TritonOptions:
             values["min_bucket"] = 2 if values["compile"] else 1
         if values["graphs"] and not cuda:
             raise CCFastError("engine 'triton' option graphs=1 needs a CUDA device (CUDA graphs); pass graphs=0 on CPU")
-        return cls(**values, explicit=dict(given))
+        return cls(**values)
 
 
 class _ChannelPaddedConv(torch.nn.Module):
