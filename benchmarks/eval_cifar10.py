@@ -27,14 +27,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ccfast.inception import extract_features, iter_array_batches, load_feature_network
+from ccfast.evaluate.inception import extract_features, iter_array_batches, load_feature_network
 from ccfast.io_utils import (
     atomic_path,
     file_fingerprint,
     write_json_atomic,
     write_text_atomic,
 )
-from ccfast.metrics import (
+from ccfast.evaluate.metrics import (
     fid_to_reference,
     gaussian_statistics,
     inception_score,

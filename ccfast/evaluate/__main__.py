@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import run_main
-from .errors import CCFastError
+from ..cli import run_main
+from ..errors import CCFastError
 
 DESCRIPTION = """\
 Score generated images against a reference set with the standard TensorFlow-Inception metrics:
@@ -141,9 +141,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _evaluate(args) -> int:
+    from ..io_utils import write_json_atomic
     from .image_sources import open_eval_input
     from .inception import load_feature_network
-    from .io_utils import write_json_atomic
     from .ref_stats import reference_statistics
 
     if args.batch_size < 1:
