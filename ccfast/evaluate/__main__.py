@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..cli import run_main
+from ..devices import resolve_device
 from ..errors import CCFastError
 
 DESCRIPTION = """\
@@ -70,20 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the reference cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise CCFastError(f"--device {name}: {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CCFastError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 def score_samples(ev, reference, network, batch_size: int, progress: bool) -> dict:
