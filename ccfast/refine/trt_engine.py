@@ -86,9 +86,9 @@ class TrtEngine(Engine):
         if self.device.type != "cuda":
             raise CCFastError(f"engine 'trt' runs on a CUDA device, not {self.device}; pass --device cuda")
         self.trt, self.runtime_name = import_tensorrt(self.runtime_choice)
-        from ..onnx_export.tensorrt_build import _Logger
+        from ..onnx_export.tensorrt_build import TrtLogger
 
-        self._logger = _Logger(self.trt, verbose=False).logger
+        self._logger = TrtLogger(self.trt, verbose=False).logger
         self.params = params_for(config, scalars)
         self.use_cuda_graph = str(options.get("cuda_graph", "1")).lower() in ("1", "true", "yes", "on")
         self.dtype = options.get("dtype", "fp32")
