@@ -23,6 +23,7 @@ import torch
 from ..checkpoint import CheckpointInfo, load_checkpoint
 from ..config import RefineConfig
 from ..data import uint8_to_float, validate_float_images, validate_labels
+from ..devices import resolve_device
 from ..errors import CCFastError
 from ..objectives import HeadParams
 from .base import Engine, RefineResult, ResolvedScalars
@@ -115,19 +116,13 @@ def resolve_scalars(config: RefineConfig, info: CheckpointInfo) -> ResolvedScala
     return ResolvedScalars(tau=tau, head=head)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class Refiner:
     """Loads the checkpoint and the engine once; `refine` then handles any number of batches."""
 
     def __init__(self, checkpoint, engine: str = "torch", config: RefineConfig | None = None,
                  device: str | torch.device | None = None, batch_size: int = 256, **engine_options):
         self.config = (config or RefineConfig()).validate()
-        self.device = torch.device(device) if device is not None else default_device()
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise CCFastError("--device cuda was asked for but no CUDA GPU is visible to PyTorch")
+        self.device = resolve_device(device)
         if isinstance(checkpoint, tuple):  # (model, info) already loaded
             self.model, self.info = checkpoint
             self.model = self.model.to(self.device).eval().requires_grad_(False)

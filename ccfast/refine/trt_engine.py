@@ -32,7 +32,7 @@ from ..errors import CCFastError
 from ..io_utils import atomic_path
 from ..onnx_export.build import cache_dir, export_step_graph, model_fingerprint
 from ..onnx_export.tensorrt_build import (
-    _Logger,
+    TrtLogger,
     build_plan,
     check_plan,
     import_tensorrt,
@@ -92,7 +92,7 @@ class TrtEngine(Engine):
         if self.device.type != "cuda":
             raise CCFastError(f"engine 'trt' runs on a CUDA device, not {self.device}; pass --device cuda")
         self.trt, self.runtime_name = import_tensorrt(self.runtime_choice)
-        self._logger = _Logger(self.trt, verbose=False).logger
+        self._logger = TrtLogger(self.trt, verbose=False).logger
         self.params = params_for(config, scalars)
         self.use_cuda_graph = self.opts["cuda_graph"]
         self.dtype = self.opts["dtype"]
