@@ -51,7 +51,7 @@ from ccfast.config import RefineConfig  # noqa: E402
 from ccfast.io_utils import write_text_atomic  # noqa: E402
 from ccfast.objectives import HeadParams  # noqa: E402
 from ccfast.onnx_export.build import GraphLayout, export_step_graph, model_fingerprint, read_graph_metadata  # noqa: E402
-from ccfast.onnx_export.runner import NUMPY_DTYPES, StepBuffers, collect, params_for, run_steps  # noqa: E402
+from ccfast.refine.step_graph_runner import NUMPY_DTYPES, StepBuffers, collect, params_for, run_steps  # noqa: E402
 from ccfast.refine.base import ResolvedScalars  # noqa: E402
 from ccfast.refine.ort_session import OrtSettings, create_session  # noqa: E402
 from ccfast.refine.torch_engine import TorchEngine  # noqa: E402

@@ -82,7 +82,8 @@ def create_session(ort, path: Path | str, settings: OrtSettings, device_index: i
         providers = ["CPUExecutionProvider"]
     else:
         providers = [("CUDAExecutionProvider", settings.cuda_provider_options(device_index))]
-    sess = ort.InferenceSession(str(path), sess_options=settings.session_options(ort, **session_kw), providers=providers)
+    so = settings.session_options(ort, **session_kw)
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     if device_index is not None and sess.get_providers()[0] != "CUDAExecutionProvider":
         # ONNX Runtime falls back to the CPU when the CUDA provider fails to start (missing libraries).
         raise CCFastError(
