@@ -78,6 +78,8 @@ class Variant:
 VARIANTS = [  # most informative first: a budget cut drops the tail
     Variant("fp32", "fp32", BASE),
     Variant("fp16 (old graph)", "fp16", BASE),
+    Variant("fp16 heuristic", "fp16", replace(BASE, conv_algo="heuristic")),  # the engine's fp16 default now
+    Variant("fp16 nhwc heuristic", "fp16", replace(NHWC, conv_algo="heuristic")),
     Variant("fp16+pad nhwc", "fp16-pad", NHWC),
     Variant("fp16 nhwc", "fp16", NHWC),
     Variant("fp16+pad", "fp16-pad", BASE),
@@ -96,7 +98,7 @@ VARIANTS = [  # most informative first: a budget cut drops the tail
     Variant("fp32 algo default", "fp32", replace(BASE, conv_algo="default")),
     Variant("fp32+il", "fp32-il", BASE),
 ]
-PROFILES = [("fp32", BASE), ("fp16-pad", NHWC)]
+PROFILES = [("fp32", BASE), ("fp16", replace(BASE, conv_algo="heuristic"))]
 
 FIELDS = ["variant", "graph", "batch", "ms_per_step", "image_steps_per_s", "step_only_ms", "setup_s", "err_vs_ref32",
           "err_torch_fp16", "err_ratio", "max_abs_dx", "notes"]
@@ -446,7 +448,7 @@ def main(argv=None) -> int:
                 report.add(variant=v.name, graph=v.graph, batch=B, notes=f"failed: {type(exc).__name__}: {exc}"[:300])
     if time.perf_counter() - t_start < args.budget_s + 30:
         try:
-            print(bench.optimized_model("fp16-pad", NHWC, batches[-1]), flush=True)
+            print(bench.optimized_model("fp16", replace(BASE, conv_algo="heuristic"), batches[-1]), flush=True)
         except Exception:
             traceback.print_exc()
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
