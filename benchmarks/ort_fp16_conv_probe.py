@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"ort {ort.__version__}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, tag {args.tag}"]
+    cudnn = torch.backends.cudnn.version()
+    lines = [f"ort {ort.__version__}, torch {torch.__version__}, cuDNN {cudnn}, tag {args.tag}"]
     for dt, tdt in ((np.float16, torch.float16), (np.float32, torch.float32)):
         path = Path(tempfile.gettempdir()) / f"ort-probe-{np.dtype(dt).name}.onnx"
         path.write_bytes(conv_pair_model(dt))

@@ -392,11 +392,18 @@ def versions(ort) -> str:
     import platform
 
     return (f"python {platform.python_version()}; torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN "
-            f"{torch.backends.cudnn.version()}); onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})")
+            f"{torch.backends.cudnn.version()}); onnxruntime {ort.__version__} "
+            f"({', '.join(ort.get_available_providers())})")
+
+
+def _problem(notes) -> str:
+    """A row's note when it says the row did not run or failed (the final table shows only those)."""
+    return str(notes) if "not run" in str(notes) or "failed" in str(notes) else ""
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for ort_variants.md/.csv and the profile summaries")
     p.add_argument("--batches", default="1,256")
     p.add_argument("--steps", type=int, default=10)
@@ -455,7 +462,7 @@ def main(argv=None) -> int:
     print("\nvariant | batch | ms/step | img-steps/s | step-only ms | setup s | err ratio vs torch fp16")
     for r in report.rows:
         print(f"{r['variant']} | {r['batch']} | {r['ms_per_step']} | {r['image_steps_per_s']} | {r['step_only_ms']} | "
-              f"{r['setup_s']} | {r['err_ratio']} {r['notes'] if 'not run' in str(r['notes']) or 'failed' in str(r['notes']) else ''}")
+              f"{r['setup_s']} | {r['err_ratio']} {_problem(r['notes'])}")
     return 0
 
 
