@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..bn_fold import fold_batchnorm
 from ..errors import CCFastError
 from .base import Engine, RefineResult, reject_unknown_options, sgld_fallback
 
@@ -253,13 +254,7 @@ class TritonEngine(Engine):
     def _prepare_network(self, model: torch.nn.Module) -> torch.nn.Module:
         net = copy.deepcopy(model).eval().requires_grad_(False)
         if self.opts.fold_bn:
-            try:
-                from torch.fx.experimental.optimization import fuse
-
-                net = fuse(net)
-                self._timings["fold_bn"] = "on"
-            except Exception as exc:  # noqa: BLE001 - a model fx cannot trace keeps its BatchNorms (same results)
-                self._timings["fold_bn"] = f"skipped: {type(exc).__name__}: {exc}"
+            net, self._timings["fold_bn"] = fold_batchnorm(net)
         half = self._autocast_dtype is not None
         if self.opts.pad_channels and half:
             self._timings["padded_convs"] = _pad_narrow_convs(net)
