@@ -512,7 +512,8 @@ def early_stop_section(runner: Runner) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="benchmarks/results", help="folder for bench_refine.csv/.md")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the report (REPORT_NAME.csv/.md)")
+    p.add_argument("--report-name", default="bench_refine", help="file stem of the report (default bench_refine)")
     p.add_argument("--arch", default="resnet50,wide_resnet50_2", help="backbones, comma list (run in this order)")
     p.add_argument("--batches", default="1,16,256", help="batch sizes, in the order to run them")
     p.add_argument("--steps", type=int, default=10, help="steps per timed call (T)")
@@ -616,7 +617,7 @@ def main(argv=None) -> int:
                   "(PyTorch defaults, TF32 on), reference (TF32 off), ort fp32 (TF32 off unless its options say)"),
         "baseline": f"x_vs_recipe = image-steps/s over '{BASELINE}' of the same arch and batch, same run",
     }
-    report = Report(Path(args.out), "bench_refine", FIELDS, meta, short=SHORT,
+    report = Report(Path(args.out), args.report_name, FIELDS, meta, short=SHORT,
                     ratios={"x_vs_recipe": BASELINE, "x_vs_torchattacks": TORCHATTACKS})
     runner = Runner(report, args, device)
     try:
@@ -643,7 +644,7 @@ def main(argv=None) -> int:
             print(f"section 2 skipped: no data folder {args.data}", flush=True)
     report.extra["run"] = f"total wall {runner.elapsed():.0f}s; argv {json.dumps(sys.argv[1:] if argv is None else argv)}"
     report.write()
-    print(f"\nwrote {report.out / 'bench_refine.md'} and .csv ({runner.elapsed():.0f}s)\n", flush=True)
+    print(f"\nwrote {report.out / report.stem}.md and .csv ({runner.elapsed():.0f}s)\n", flush=True)
     print(report.short_table(), flush=True)
     return 0
 
