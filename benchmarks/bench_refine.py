@@ -7,7 +7,7 @@ timing does not depend on the weights) and each batch B: paper objective (Eq. 12
 stopping off, T=--steps steps per timed call. Contenders (--methods):
     torchattacks         PGDL2, fp32 eager, the attack library users have (CE loss; same network work per
                          step); only if torchattacks is installed
-    reference            `--engine torch`: fp32 eager (TF32 off), T+1 forwards for T steps
+    reference            `--engine torch`: fp32 eager (the engine turns TF32 off), T+1 forwards for T steps
     compile-graph        THE BASELINE, the best plain-PyTorch recipe a user would write: the model with BN
                          folded as the triton engine folds it (ccfast.bn_fold), cast to bf16, channels_last;
                          one step = torch.func.grad + torch.compile (Inductor default mode, static shapes,
@@ -64,7 +64,7 @@ from ccfast.refine.base import ResolvedScalars  # noqa: E402
 
 FIELDS = ["section", "method", "batch", "dtype", "ms_per_step", "image_steps_per_s", "x_vs_recipe",
           "x_vs_torchattacks", "peak_mib", "growth_mib", "max_abs_dx", "setup_s", "notes"]
-SHORT = ["section", "method", "batch", "ms_per_step", "image_steps_per_s", "x_vs_recipe", "peak_mib", "growth_mib"]
+SHORT = ["section", "method", "batch", "dtype", "ms_per_step", "image_steps_per_s", "x_vs_recipe", "peak_mib", "growth_mib"]
 BASELINE = "recipe: compile+graph, channels_last"
 TORCHATTACKS = "torchattacks PGDL2"
 DEFAULT_METHODS = "torchattacks,reference,compile-graph,compile-graph-nchw,triton,ort,trt"
@@ -602,8 +602,6 @@ def main(argv=None) -> int:
         print("bench_refine: --device cuda but no CUDA GPU is visible (use --device cpu for a smoke run)",
               file=sys.stderr)
         return 2
-    torch.backends.cudnn.allow_tf32 = False  # the reference and ort fp32 are strict fp32 (the engines set theirs)
-    torch.backends.cuda.matmul.allow_tf32 = False
     dynamo = torch._dynamo.config  # one compiled step per (arch, batch, layout): more than the default 8 entries
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dynamo, name):
