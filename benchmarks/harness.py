@@ -332,9 +332,9 @@ class Report:
             raise ValueError(f"report {self.stem}: no column {unknown}")
         row = {k: row.get(k, "") for k in self.fields}
         self.rows.append(row)
-        if self.echo:
-            print("row: " + " | ".join(_cell(row[k]) for k in self.short) + (f" | {row['notes']}" if
-                  "notes" in row and "notes" not in self.short else ""), flush=True)
+        if self.echo:  # notes cut short: the console's tail is the short table, the files have everything
+            notes = f" | {str(row['notes'])[:100]}" if "notes" in row and "notes" not in self.short else ""
+            print("row: " + " | ".join(_cell(row[k]) for k in self.short) + notes, flush=True)
         self.write()
         return row
 

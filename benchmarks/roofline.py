@@ -12,7 +12,7 @@ For each arch it reports
   kernels of one eager step (--ncu-mode kernels: engine with graphs=0, every kernel profiled, summed);
 - the achieved bandwidth (measured bytes / measured time) against --peak-tbs (H200: ~4.3 TB/s achievable
   of 4.8 nominal), and measured / minimal bytes: the distance to the limit as numbers.
-Without ncu (not on PATH, nor /usr/local/cuda/bin), or when it fails (e.g. no permission for the GPU's
+Without ncu (not on PATH, in /usr/local/cuda/bin or /opt/nvidia/nsight-compute/*/), or when it fails (e.g. no permission for the GPU's
 performance counters), the measured-bytes columns say why and the rest is still reported.
 
 Writes OUT/roofline.md and OUT/roofline.json (atomic).
@@ -141,12 +141,18 @@ def _cpu_copy(model):
 
 
 def find_ncu(choice: str = "auto") -> str | None:
-    """Path of ncu: --ncu PATH as given, 'auto' = PATH then /usr/local/cuda/bin, 'none' = do not profile."""
+    """Path of ncu: --ncu PATH as given, 'auto' = PATH, /usr/local/cuda/bin, then the newest
+    /opt/nvidia/nsight-compute/VERSION/ncu; 'none' = do not profile."""
     if choice == "none":
         return None
     if choice != "auto":
         return choice if Path(choice).exists() or shutil.which(choice) else None
-    return shutil.which("ncu") or next((str(p) for p in (Path("/usr/local/cuda/bin/ncu"),) if p.exists()), None)
+    found = shutil.which("ncu")
+    if found:
+        return found
+    candidates = [Path("/usr/local/cuda/bin/ncu"), *sorted(Path("/opt/nvidia").glob("nsight-compute/*/ncu"),
+                                                           reverse=True)]
+    return next((str(p) for p in candidates if p.exists()), None)
 
 
 def ncu_command(ncu: str, mode: str, log_file: Path, worker_argv: list[str]) -> list[str]:
@@ -247,8 +253,8 @@ def measure_bytes(args, arch: str, out: Path) -> dict:
     """Run ncu on a worker; {'status': ..., and the per-step numbers when it worked}."""
     ncu = find_ncu(args.ncu)
     if ncu is None:
-        return {"status": (f"not measured: Nsight Compute (ncu) not found ({args.ncu!r}; looked on PATH and in "
-                           "/usr/local/cuda/bin): install it or pass --ncu PATH")}
+        return {"status": (f"not measured: Nsight Compute (ncu) not found ({args.ncu!r}; looked on PATH, in "
+                           "/usr/local/cuda/bin and /opt/nvidia/nsight-compute/*/): install it or pass --ncu PATH")}
     log_file, worker_json = out / f"ncu-{arch}-b{args.batch}.csv", out / f"ncu-{arch}-b{args.batch}.json"
     worker_argv = ["--worker", "profile", "--arch", arch, "--size", str(args.size), "--batch", str(args.batch),
                    "--steps", str(args.steps), "--replays", str(args.replays), "--ncu-mode", args.ncu_mode,
