@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10, help="T steps per refine call (default 10)")
     p.add_argument("--reps", type=int, default=8, help="timed calls per row, after two warm-up calls (default 8)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--arch", default="resnet50", help="backbone(s), comma list (default resnet50; tiny for a smoke run)")
+    p.add_argument("--arch", default="resnet50", help="backbone(s), comma list (default resnet50; tiny: smoke run)")
     p.add_argument("--size", type=int, default=64, help="image size (default 64)")
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--methods", default="reference,ort,ort-nograph,ort-tf32,ort-fp16,trt",

@@ -64,7 +64,8 @@ from ccfast.refine.base import ResolvedScalars  # noqa: E402
 
 FIELDS = ["section", "method", "batch", "dtype", "ms_per_step", "image_steps_per_s", "x_vs_recipe",
           "x_vs_torchattacks", "peak_mib", "growth_mib", "max_abs_dx", "setup_s", "notes"]
-SHORT = ["section", "method", "batch", "dtype", "ms_per_step", "image_steps_per_s", "x_vs_recipe", "peak_mib", "growth_mib"]
+SHORT = ["section", "method", "batch", "dtype", "ms_per_step", "image_steps_per_s", "x_vs_recipe", "peak_mib",
+         "growth_mib"]
 BASELINE = "recipe: compile+graph, channels_last"
 TORCHATTACKS = "torchattacks PGDL2"
 DEFAULT_METHODS = "torchattacks,reference,compile-graph,compile-graph-nchw,triton,ort,trt"
@@ -640,7 +641,8 @@ def main(argv=None) -> int:
             early_stop_section(runner)
         else:
             print(f"section 2 skipped: no data folder {args.data}", flush=True)
-    report.extra["run"] = f"total wall {runner.elapsed():.0f}s; argv {json.dumps(sys.argv[1:] if argv is None else argv)}"
+    argv_text = json.dumps(sys.argv[1:] if argv is None else argv)
+    report.extra["run"] = f"total wall {runner.elapsed():.0f}s; argv {argv_text}"
     report.write()
     print(f"\nwrote {report.out / report.stem}.md and .csv ({runner.elapsed():.0f}s)\n", flush=True)
     print(report.short_table(), flush=True)

@@ -12,8 +12,8 @@ For each arch it reports
   kernels of one eager step (--ncu-mode kernels: engine with graphs=0, every kernel profiled, summed);
 - the achieved bandwidth (measured bytes / measured time) against --peak-tbs (H200: ~4.3 TB/s achievable
   of 4.8 nominal), and measured / minimal bytes: the distance to the limit as numbers.
-Without ncu (not on PATH, in /usr/local/cuda/bin or /opt/nvidia/nsight-compute/*/), or when it fails (e.g. no permission for the GPU's
-performance counters), the measured-bytes columns say why and the rest is still reported.
+Without ncu (not on PATH, in /usr/local/cuda/bin or /opt/nvidia/nsight-compute/*/), or when it fails (e.g. no
+permission for the GPU's performance counters), the measured-bytes columns say why and the rest is still reported.
 
 Writes OUT/roofline.md and OUT/roofline.json (atomic).
 """
@@ -249,13 +249,16 @@ def worker(args) -> int:
     return 0
 
 
-def measure_bytes(args, arch: str, out: Path) -> dict:
+def measure_bytes(args, arch: str) -> dict:
     """Run ncu on a worker; {'status': ..., and the per-step numbers when it worked}."""
     ncu = find_ncu(args.ncu)
     if ncu is None:
         return {"status": (f"not measured: Nsight Compute (ncu) not found ({args.ncu!r}; looked on PATH, in "
                            "/usr/local/cuda/bin and /opt/nvidia/nsight-compute/*/): install it or pass --ncu PATH")}
-    log_file, worker_json = out / f"ncu-{arch}-b{args.batch}.csv", out / f"ncu-{arch}-b{args.batch}.json"
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="ccfast-ncu-"))  # ncu's raw output stays out of --out (its files count)
+    log_file, worker_json = scratch / f"ncu-{arch}-b{args.batch}.csv", scratch / "worker.json"
     worker_argv = ["--worker", "profile", "--arch", arch, "--size", str(args.size), "--batch", str(args.batch),
                    "--steps", str(args.steps), "--replays", str(args.replays), "--ncu-mode", args.ncu_mode,
                    "--worker-json", str(worker_json), "--triton-options", args.triton_options]
@@ -281,7 +284,7 @@ def measure_bytes(args, arch: str, out: Path) -> dict:
             "dram_per_image_step": per_step / args.batch, "ncu_gpu_time_per_step_s": sums["gpu_time_s"] / steps}
 
 
-def roofline_arch(args, arch: str, out: Path) -> dict:
+def roofline_arch(args, arch: str) -> dict:
     from benchmarks.bench_refine import make_model
 
     cuda = torch.cuda.is_available() and not args.analytic_only
@@ -303,7 +306,7 @@ def roofline_arch(args, arch: str, out: Path) -> dict:
     row["ms_per_step"] = step_s * 1e3
     del eng, bucket, graph
     torch.cuda.empty_cache()
-    row["measured"] = measure_bytes(args, arch, out)
+    row["measured"] = measure_bytes(args, arch)
     if "dram_per_image_step" in row["measured"]:
         m = row["measured"]
         m["achieved_tbs"] = m["dram_per_image_step"] * args.batch / step_s / 1e12
@@ -338,7 +341,8 @@ def markdown(rows: list[dict], meta: dict, args) -> str:
     lines.append("")
     for r in rows:
         mn = r["minimal"]
-        lines.append(f"- {r['arch']}, batch {r['batch']}: {mn['layers']} layers, {mn['relus']} ReLUs; per image: activations "
+        lines.append(f"- {r['arch']}, batch {r['batch']}: {mn['layers']} layers, {mn['relus']} ReLUs; per image: "
+                     f"activations "
                      f"{_mb(mn['activations'])}, gradients {_mb(mn['gradients'])}, masks {_mb(mn['relu_masks'])}, "
                      f"image I/O {_mb(mn['image_io'])}; weights {_mb(mn['weights_per_batch'])} per batch. "
                      f"Measured: {r['measured']['status']}")
@@ -386,7 +390,7 @@ def main(argv=None) -> int:
             for batch in batches:
                 print(f"roofline: {arch}, batch {batch} ...", flush=True)
                 args.batch = batch
-                rows.append(roofline_arch(args, arch, out))
+                rows.append(roofline_arch(args, arch))
             write_json_atomic(out / "roofline.json", {"meta": meta, "rule": COUNTING_RULE, "rows": rows})
             write_text_atomic(out / "roofline.md", markdown(rows, meta, args))
     except CCFastError as exc:

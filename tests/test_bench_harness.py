@@ -185,17 +185,27 @@ def test_minimal_bytes_of_the_tiny_net_by_hand():
     assert mb.per_image_step == pytest.approx(2146 * 2 / 4 + 4 * 3354 * 2 + 704 + 18432)
 
 
-NCU_CSV = """==PROF== Connected to process 123 (/usr/bin/python3)
-==PROF== Profiling "graph": 0%....50%....100% - 1 pass
-"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
-"0","123","python3","127.0.0.1","graph_1","1","7","","","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","1,500,000"
-"0","123","python3","127.0.0.1","graph_1","1","7","","","0","9.0","Command line profiler metrics","dram__bytes_write.sum","Kbyte","500"
-"0","123","python3","127.0.0.1","graph_1","1","7","","","0","9.0","Command line profiler metrics","gpu__time_duration.sum","nsecond","2,000"
-"1","123","python3","127.0.0.1","graph_1","1","7","","","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","500,000"
-"1","123","python3","127.0.0.1","graph_1","1","7","","","0","9.0","Command line profiler metrics","dram__bytes_write.sum","byte","0"
-"1","123","python3","127.0.0.1","graph_1","1","7","","","0","9.0","Command line profiler metrics","gpu__time_duration.sum","usecond","3"
-==PROF== Disconnected from process 123
-"""
+NCU_HEADER = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size",'
+              '"Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"')
+
+
+def _ncu_line(result: int, metric: str, unit: str, value: str) -> str:
+    fields = [str(result), "123", "python3", "127.0.0.1", "graph_1", "1", "7", "", "", "0", "9.0",
+              "Command line profiler metrics", metric, unit, value]
+    return ",".join(f'"{f}"' for f in fields)
+
+
+NCU_CSV = "\n".join([
+    "==PROF== Connected to process 123 (/usr/bin/python3)",
+    '==PROF== Profiling "graph": 0%....50%....100% - 1 pass',
+    NCU_HEADER,
+    _ncu_line(0, "dram__bytes_read.sum", "byte", "1,500,000"),  # thousands separators, as ncu prints them
+    _ncu_line(0, "dram__bytes_write.sum", "Kbyte", "500"),
+    _ncu_line(0, "gpu__time_duration.sum", "nsecond", "2,000"),
+    _ncu_line(1, "dram__bytes_read.sum", "byte", "500,000"),
+    _ncu_line(1, "dram__bytes_write.sum", "byte", "0"),
+    _ncu_line(1, "gpu__time_duration.sum", "usecond", "3"),
+    "==PROF== Disconnected from process 123", ""])
 
 
 def test_ncu_csv_is_summed_over_results_with_units():
@@ -220,7 +230,7 @@ def test_ncu_command_and_missing_ncu(tmp_path):
     class Args:
         ncu, batch = str(tmp_path / "no-ncu"), 4
 
-    assert "not measured: Nsight Compute (ncu) not found" in roofline.measure_bytes(Args, "tiny", tmp_path)["status"]
+    assert "not measured: Nsight Compute (ncu) not found" in roofline.measure_bytes(Args, "tiny")["status"]
 
 
 # ---------------------------------------------------------------- end to end
