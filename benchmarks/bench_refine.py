@@ -1,6 +1,6 @@
 """Refinement-step throughput and memory, every contender side by side in one run on one GPU (issues 5, 12, 15).
 
-    python benchmarks/bench_refine.py --out OUT --arch resnet50,wide_resnet50_2 --batches 1,16,256 --early-stop 0
+    python benchmarks/bench_refine.py --out OUT --arch resnet50,wide_resnet50_2 --batches 256,1,16 --early-stop 0
 
 Section 1, for each --arch (at --size×--size; random weights, BatchNorm statistics calibrated on the inputs:
 timing does not depend on the weights) and each batch B: paper objective (Eq. 12), α=0.1, ε=1.5, early
@@ -516,7 +516,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results", help="folder for the report (REPORT_NAME.csv/.md)")
     p.add_argument("--report-name", default="bench_refine", help="file stem of the report (default bench_refine)")
     p.add_argument("--arch", default="resnet50,wide_resnet50_2", help="backbones, comma list (run in this order)")
-    p.add_argument("--batches", default="1,16,256", help="batch sizes, in the order to run them")
+    p.add_argument("--batches", default="256,1,16", help="batch sizes, in the order to run them (default 256,1,16: "
+                   "the triton engine compiles once, at the first size, so Inductor's size hints are B=256's)")
     p.add_argument("--steps", type=int, default=10, help="steps per timed call (T)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per row (default 2)")
     p.add_argument("--reps", type=int, default=8, help="timed calls per row, median reported (default 8)")
