@@ -277,7 +277,7 @@ def run_metadata(device: torch.device, commit: str | None = None) -> dict[str, s
         ort += f" ({', '.join(onnxruntime.get_available_providers())})"
     trt = _version("tensorrt")
     if trt.startswith("absent"):
-        trt = "tensorrt_rtx " + _version("tensorrt_rtx")
+        trt += f"; tensorrt_rtx {_version('tensorrt_rtx')}"
     versions = {
         "torch": torch.__version__, "CUDA": str(torch.version.cuda),
         "cuDNN": str(torch.backends.cudnn.version()) if cuda else "-", "triton": _version("triton"),
