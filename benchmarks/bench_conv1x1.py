@@ -167,9 +167,7 @@ def bench_shape(shape, B, device, dtype, recipes, rounds):
     fwd_err = ((y_f.float() - y_c.float()).norm() / y_c.float().norm().clamp_min(1e-12)).item()
     for impl, (calls, nbytes) in impls.items():
         rows.append(_row("forward", shape, B, M, K, N, impl, _timed(calls, device, rounds), nbytes,
-                         2 * M * N * K, fwd_err if impl.startswith("fused") else None))
-    if _FWD_TUNED is not None and getattr(_FWD_TUNED, "best_config", None) is not None:
-        rows[-3]["config"] = _config_str(_FWD_TUNED.best_config)
+                         2 * M * N * K, fwd_err if impl.startswith("fused") else None, _FWD_TUNED))
 
     # ---- dgrad: dy (B, N, hw, hw) and the ReLU of y -> dx (B, K, hw, hw); conv1 adds the identity path's
     # gradient r (B, K, hw, hw) gated by the block output's ReLU (its mask over K channels).
@@ -179,16 +177,21 @@ def bench_shape(shape, B, device, dtype, recipes, rounds):
     dys = [_cl(torch.randn(B, N, hw, hw, generator=g).to(device, dtype)) for _ in range(n_sets)]
     ys = [_cl(torch.relu(torch.randn(B, N, hw, hw, generator=g)).to(device, dtype)) for _ in range(n_sets)]
     rs = [_cl(torch.randn(B, K, hw, hw, generator=g).to(device, dtype)) if gate else None for _ in range(n_sets)]
-    yos = [_cl(torch.relu(torch.randn(B, K, hw, hw, generator=g)).to(device, dtype)) if gate else None
-           for _ in range(n_sets)]
+    yos_all = [_cl(torch.relu(torch.randn(B, K, hw, hw, generator=g)).to(device, dtype)) for _ in range(n_sets)]
+    yos = [yo if gate else None for yo in yos_all]
     as_rows = lambda t: t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
     masks = [pack_relu_mask(as_rows(y) > 0) for y in ys]
-    rmasks = [pack_relu_mask(as_rows(yo) > 0) if gate else None for yo in yos]
+    in_masks = [pack_relu_mask(as_rows(yo) > 0) for yo in yos_all]  # ReLU of this convolution's input
+    rmasks = [m if gate else None for m in in_masks]
+    dzs = [torch.where(y > 0, dy, 0) for y, dy in zip(ys, dys)]  # dy as the epilogue placement receives it
 
     conv_b, mm_b = recipes["conv_bwd"], recipes["mm_bwd"]
     impls = {
         "fused conv1x1_dgrad": ([lambda i=i: conv1x1_dgrad(dys[i], masks[i], w, rs[i], rmasks[i])
                                  for i in range(n_sets)], base + M * words(N) + (M * words(K) if gate else 0)),
+        "fused conv1x1_dgrad, mask in epilogue": (
+            [lambda i=i: conv1x1_dgrad(dzs[i], None, w, rs[i], None, out_mask=in_masks[i]) for i in range(n_sets)],
+            base + M * words(K)),
         "compile relu-bwd+conv-dgrad": ([lambda i=i: conv_b(dys[i], ys[i], w, rs[i], yos[i], xs[0]) for i in range(n_sets)],
                                         base + e * M * N + (e * M * K if gate else 0)),
         "compile relu-bwd+matmul": ([lambda i=i: mm_b(dys[i], ys[i], w, rs[i], yos[i], xs[0]) for i in range(n_sets)],
@@ -197,11 +200,15 @@ def bench_shape(shape, B, device, dtype, recipes, rounds):
     dx_f = conv1x1_dgrad(dys[0], masks[0], w, rs[0], rmasks[0])
     dx_c = conv_b(dys[0], ys[0], w, rs[0], yos[0], xs[0])
     bwd_err = ((dx_f.float() - dx_c.float()).norm() / dx_c.float().norm().clamp_min(1e-12)).item()
+    # The epilogue placement computes (dz @ W + r) ⊙ m_in: compare with the recipe's result gated the same way.
+    dx_e = conv1x1_dgrad(dzs[0], None, w, rs[0], None, out_mask=in_masks[0])
+    dx_plain = conv_b(dys[0], ys[0], w, None, None, xs[0])
+    dx_ce = torch.where(yos_all[0] > 0, dx_plain + rs[0] if gate else dx_plain, 0)
+    epi_err = ((dx_e.float() - dx_ce.float()).norm() / dx_ce.float().norm().clamp_min(1e-12)).item()
+    errs = {"fused conv1x1_dgrad": bwd_err, "fused conv1x1_dgrad, mask in epilogue": epi_err}
     for impl, (calls, nbytes) in impls.items():
         rows.append(_row("dgrad", shape, B, M, K, N, impl, _timed(calls, device, rounds), nbytes,
-                         2 * M * N * K, bwd_err if impl.startswith("fused") else None))
-    if _DGRAD_TUNED is not None and getattr(_DGRAD_TUNED, "best_config", None) is not None:
-        rows[-3]["config"] = _config_str(_DGRAD_TUNED.best_config)
+                         2 * M * N * K, errs.get(impl), _DGRAD_TUNED))
     for op in ("forward", "dgrad"):
         mine = [r for r in rows if r["op"] == op]
         best = min(r["us"] for r in mine if not r["impl"].startswith("fused"))
@@ -215,11 +222,13 @@ def _config_str(cfg):
     return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}"
 
 
-def _row(op, shape, B, M, K, N, impl, us, nbytes, flops, err):
+def _row(op, shape, B, M, K, N, impl, us, nbytes, flops, err, tuned):
+    """One result; for a fused kernel, the tile its autotuner chose for this call (its last launch)."""
+    cfg = getattr(tuned, "best_config", None) if impl.startswith("fused") else None
     return {"op": op, "shape": shape.name, "B": B, "M": M, "Cin": K, "Cout": N, "impl": impl,
             "us": round(us, 2), "MB": round(nbytes / 1e6, 3), "GBps": round(nbytes / (us * 1e-6) / 1e9, 1),
             "TFLOPs": round(flops / (us * 1e-6) / 1e12, 1), "rel_err_vs_recipe": "" if err is None else f"{err:.2e}",
-            "config": "", "speedup_vs_best_contender": ""}
+            "config": _config_str(cfg) if cfg is not None else "", "speedup_vs_best_contender": ""}
 
 
 def _copy_bandwidth(device):

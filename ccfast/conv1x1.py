@@ -7,10 +7,13 @@ such convolution, the forward with its bias, an optional residual and a ReLU, an
 with respect to its input only (no weight gradients, SPEC §4):
 
     forward   pre = x @ Wᵀ + b (+ r);   y = relu(pre);   mask = pre > 0            (M, Cout)
-    dgrad     dx  = (dy ⊙ mask) @ W  (+ r ⊙ mask_r)                               (M, Cin)
+    dgrad     dx  = ((dy ⊙ mask) @ W  (+ r ⊙ mask_r)) ⊙ mask_out                 (M, Cin)
 
 where in the dgrad `r` is a residual gradient (the identity path of a bottleneck) gated by its own ReLU
-mask `mask_r` (that of the block output, of width Cin). The backward needs the mask, not the
+mask `mask_r` (that of the block output, of width Cin), and every mask is optional. Two equivalent ways
+to place the ReLU gradients in a chain of convolutions: gate dy while loading it (`mask`, the ReLU of this
+convolution's output), or gate the result while storing it (`mask_out`, the ReLU of its input, i.e. of
+the layer before) so that the next dgrad receives an already gated dy. The backward needs the mask, not the
 pre-activation: 1 bit per element is kept instead of 2 bytes (bf16), packed little-endian into int32
 words along the channel dimension, word j of a row holding channels 32j..32j+31, bit i channel 32j+i
 (bits past the last channel are 0).
@@ -62,17 +65,20 @@ def conv1x1_relu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     return torch.relu(pre).to(x.dtype), pack_relu_mask(pre > 0), pre
 
 
-def conv1x1_dgrad_ref(dy: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
-                      residual: torch.Tensor | None = None,
-                      residual_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """dx = (dy ⊙ mask) @ W (+ residual ⊙ residual_mask) for dy (M, N), mask (M, ⌈N/32⌉), weight (N, K),
-    residual (M, K), residual_mask (M, ⌈K/32⌉) or None (no gating). fp32 math, dx in dy's dtype."""
+def conv1x1_dgrad_ref(dy: torch.Tensor, mask: torch.Tensor | None, weight: torch.Tensor,
+                      residual: torch.Tensor | None = None, residual_mask: torch.Tensor | None = None,
+                      out_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """dx = ((dy ⊙ mask) @ W + residual ⊙ residual_mask) ⊙ out_mask for dy (M, N), weight (N, K), mask
+    (M, ⌈N/32⌉), residual (M, K), residual_mask and out_mask (M, ⌈K/32⌉); a mask that is None gates
+    nothing. fp32 math, dx in dy's dtype."""
     N, K = weight.shape
-    dz = torch.where(unpack_relu_mask(mask, N), dy.float(), 0.0)
+    dz = dy.float() if mask is None else torch.where(unpack_relu_mask(mask, N), dy.float(), 0.0)
     dx = dz @ weight.float()
     if residual is not None:
         r = residual.float()
         if residual_mask is not None:
             r = torch.where(unpack_relu_mask(residual_mask, K), r, 0.0)
         dx = dx + r
+    if out_mask is not None:
+        dx = torch.where(unpack_relu_mask(out_mask, K), dx, 0.0)
     return dx.to(dy.dtype)

@@ -1,6 +1,6 @@
 """1×1 convolution (a GEMM in channels_last) with its pointwise work fused: forward with bias, residual,
-ReLU and a bit-packed ReLU mask; input gradient with the mask applied while loading and a gated residual
-added while storing (issue 12).
+ReLU and a bit-packed ReLU mask; input gradient with a ReLU mask applied while loading dy and/or while
+storing dx, and a (gated) residual added while storing (issue 12).
 
 What is fused and why. At 64×64 the refinement step of ResNet-50 is bound by activation traffic, not by
 FLOPs, and each convolution of the compiled recipe is a cuDNN/cuBLAS call followed by separate pointwise
@@ -11,8 +11,18 @@ in registers (notation of `ccfast.conv1x1`, the `_ref`):
 
     conv1x1_relu    pre = x @ Wᵀ + b (+ r);   y = relu(pre) -> y in x's dtype;  mask = pack(pre > 0)
                     x (M, K) rows of the channels_last input, W (N, K), b (N,), r (M, N); M = B·H·W
-    conv1x1_dgrad   dx = (dy ⊙ unpack(mask)) @ W (+ r ⊙ unpack(mask_r))
-                    dy (M, N), mask (M, ⌈N/32⌉) int32, W (N, K), r and dx (M, K), mask_r (M, ⌈K/32⌉)
+    conv1x1_dgrad   dx = ((dy ⊙ unpack(mask)) @ W (+ r ⊙ unpack(mask_r))) ⊙ unpack(mask_out)
+                    dy (M, N), mask (M, ⌈N/32⌉) int32, W (N, K), r and dx (M, K), mask_r and
+                    mask_out (M, ⌈K/32⌉); every mask optional
+
+Where the ReLU gradient goes, measured (benchmarks/results/bench_conv1x1_h200.md). Gating dy in the
+prologue (`mask`, this convolution's own ReLU) makes the A operand of the tensor-core product pass through
+registers: Triton 3.6 then loads dy from shared memory with 2-byte loads, converts its layout through
+shared memory with extra barriers each K step, and the H200 ran that dgrad 2-30× slower than cuDNN's.
+Gating the result in the epilogue instead (`mask_out`, the ReLU of this convolution's input, i.e. the one
+the layer before needs) is the same arithmetic over a chain of layers — each dgrad then receives a dy its
+consumer already gated — and leaves the main loop a plain pipelined GEMM like the forward's (A and B by
+cp.async into shared memory, wgmma from there; checked in the compiled SASS, not yet timed on a GPU).
 
 Bytes saved per convolution, besides the pointwise launches: the pre-activation is never written; the
 backward reads 1 bit per element of mask instead of the saved bf16 output; dy ⊙ mask and the residual sum
@@ -24,7 +34,7 @@ fp32; y/dx are rounded once to the storage dtype. The mask bit is taken from the
 Tiles: program (pid_m, pid_n) owns a BLOCK_M × BLOCK_N output tile and loops over the reduction in
 BLOCK_K steps; programs are grouped along M (GROUP_M) so that the weight and activation tiles of
 neighbouring programs are reused from L2. BLOCK_N (forward) and BLOCK_K (dgrad) are multiples of 32, so a
-tile covers whole mask words.  Block sizes are autotuned per (M, N, K) over a short Hopper list on a GPU;
+tile covers whole mask words. Block sizes are autotuned per (M, N, K) over a short Hopper list on a GPU;
 under the interpreter (and when a test passes `blocks=`) one fixed configuration is used.
 
 Registered as `torch.ops.ccfast.conv1x1_relu` and `torch.ops.ccfast.conv1x1_dgrad` (opaque to
@@ -151,12 +161,14 @@ def _conv1x1_relu_kernel(
 
 @triton.jit
 def _conv1x1_dgrad_kernel(
-    dy_ptr, mask_ptr, w_ptr, r_ptr, rmask_ptr, dx_ptr,
-    M, N, K, stride_dym, stride_mm, stride_wk, stride_rm, stride_rmm, stride_dxm,
-    HAS_RES: tl.constexpr, HAS_RES_MASK: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, K_STATIC: tl.constexpr,
+    dy_ptr, mask_ptr, w_ptr, r_ptr, rmask_ptr, omask_ptr, dx_ptr,
+    M, N, K, stride_dym, stride_mm, stride_wk, stride_rm, stride_rmm, stride_omm, stride_dxm,
+    HAS_MASK: tl.constexpr, HAS_RES: tl.constexpr, HAS_RES_MASK: tl.constexpr, HAS_OUT_MASK: tl.constexpr,
+    EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, K_STATIC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    # GEMM names: output dx (M, N = Cin), reduction over K = Cout: dx = (dy ⊙ m)(M, K) @ W(K, N).
+    # GEMM names: output dx (M, N = Cin), reduction over K = Cout:
+    #     dx = ((dy ⊙ m)(M, K) @ W(K, N) + r ⊙ m_r) ⊙ m_out          (each mask optional)
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -179,8 +191,9 @@ def _conv1x1_dgrad_kernel(
             in_k = offs_k < K - k0
             a = tl.load(dy_ptrs, mask=in_k[None, :], other=0.0)
             b = tl.load(w_ptrs, mask=in_k[:, None], other=0.0)
-        keep = _unpack_bits(mask_ptr, rows_in, stride_mm, k0 + offs_k, in_k[None, :])
-        a = tl.where(keep, a, 0.0).to(dy_ptr.dtype.element_ty)
+        if HAS_MASK:
+            keep = _unpack_bits(mask_ptr, rows_in, stride_mm, k0 + offs_k, in_k[None, :])
+            a = tl.where(keep, a, 0.0).to(dy_ptr.dtype.element_ty)
         acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
         dy_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * stride_wk
@@ -193,6 +206,8 @@ def _conv1x1_dgrad_kernel(
         if HAS_RES_MASK:
             r = tl.where(_unpack_bits(rmask_ptr, rows, stride_rmm, offs_n, valid), r, 0.0)
         acc += r
+    if HAS_OUT_MASK:  # the ReLU of this convolution's input, for the layer before (see the module docstring)
+        acc = tl.where(_unpack_bits(omask_ptr, rows, stride_omm, offs_n, valid), acc, 0.0)
     tl.store(dx_ptr + rows[:, None] * stride_dxm + offs_n[None, :], acc.to(dx_ptr.dtype.element_ty), mask=valid)
 
 
@@ -212,15 +227,16 @@ def _prune(n_out: str, k_red: str):
     return prune
 
 
-def _autotuned(kernel):
+def _autotuned(kernel, flags):
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
                for m, n, k, w, s in HOPPER_CONFIGS]
-    return triton.autotune(configs, key=["M", "N", "K", "HAS_RES", "EVEN_K"],
+    return triton.autotune(configs, key=["M", "N", "K", "EVEN_K", *flags],
                            prune_configs_by={"early_config_prune": _prune("N", "K")})(kernel)
 
 
-_FWD_TUNED = None if interpreted() else _autotuned(_conv1x1_relu_kernel)
-_DGRAD_TUNED = None if interpreted() else _autotuned(_conv1x1_dgrad_kernel)
+_FWD_TUNED = None if interpreted() else _autotuned(_conv1x1_relu_kernel, ["HAS_RES"])
+_DGRAD_TUNED = None if interpreted() else _autotuned(_conv1x1_dgrad_kernel,
+                                                     ["HAS_MASK", "HAS_RES", "HAS_RES_MASK", "HAS_OUT_MASK"])
 
 
 def _run(kernel, tuned, grid_mn, k_red, blocks, args, **constexprs):
@@ -301,43 +317,48 @@ def _(x, weight, bias, residual, blocks):
 
 
 @torch.library.custom_op("ccfast::conv1x1_dgrad", mutates_args=())
-def _conv1x1_dgrad_op(dy: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None,
-                      residual_mask: torch.Tensor | None, blocks: list[int] | None) -> torch.Tensor:
+def _conv1x1_dgrad_op(dy: torch.Tensor, mask: torch.Tensor | None, weight: torch.Tensor, residual: torch.Tensor | None,
+                      residual_mask: torch.Tensor | None, out_mask: torch.Tensor | None,
+                      blocks: list[int] | None) -> torch.Tensor:
     if dy.ndim != 2 or weight.ndim != 2 or weight.shape[0] != dy.shape[1] or dy.shape[1] == 0:
         raise CCFastError(f"conv1x1_dgrad: dy (M, N) and weight (N, K) expected, got {tuple(dy.shape)}, "
                           f"{tuple(weight.shape)}")
     M, N = dy.shape
     K = weight.shape[1]
-    if mask.shape != (M, mask_words(N)) or mask.dtype != torch.int32:
-        raise CCFastError(f"conv1x1_dgrad: mask must be int32 of shape {(M, mask_words(N))}, got {mask.dtype} "
-                          f"{tuple(mask.shape)}")
+    for name, m, channels in (("mask", mask, N), ("residual_mask", residual_mask, K), ("out_mask", out_mask, K)):
+        if m is not None and (m.shape != (M, mask_words(channels)) or m.dtype != torch.int32):
+            raise CCFastError(f"conv1x1_dgrad: {name} must be int32 of shape {(M, mask_words(channels))}, got "
+                              f"{m.dtype} {tuple(m.shape)}")
     if residual is None and residual_mask is not None:
         raise CCFastError("conv1x1_dgrad: residual_mask needs a residual")
     if residual is not None and residual.shape != (M, K):
         raise _shape_error("conv1x1_dgrad", "residual", residual.shape, (M, K))
-    if residual_mask is not None and (residual_mask.shape != (M, mask_words(K)) or residual_mask.dtype != torch.int32):
-        raise CCFastError(f"conv1x1_dgrad: residual_mask must be int32 of shape {(M, mask_words(K))}, got "
-                          f"{residual_mask.dtype} {tuple(residual_mask.shape)}")
-    named = {"dy": dy, "mask": mask, "weight": weight} | ({"residual": residual} if residual is not None else {})
+    named = {"dy": dy, "weight": weight} | {k: v for k, v in (("mask", mask), ("residual", residual),
+                                                              ("residual_mask", residual_mask),
+                                                              ("out_mask", out_mask)) if v is not None}
     _check("conv1x1_dgrad", named, dy.dtype)
     if weight.dtype != dy.dtype:
         raise CCFastError(f"conv1x1_dgrad: weight dtype {weight.dtype} must match dy's {dy.dtype}")
-    dy, mask, weight = _rows(dy), _rows(mask), _rows(weight)
+    dy, weight = _rows(dy), _rows(weight)
     dx = torch.empty((M, K), dtype=dy.dtype, device=dy.device)
     if M == 0 or K == 0:
         return dx
+    # Absent optional tensors are passed as a dummy pointer their constexpr flag keeps unread.
+    m = _rows(mask) if mask is not None else dx
     r = _rows(residual) if residual is not None else dx
-    rm = _rows(residual_mask) if residual_mask is not None else mask
+    rm = _rows(residual_mask) if residual_mask is not None else dx
+    om = _rows(out_mask) if out_mask is not None else dx
     # Kernel GEMM names: output columns N := Cin (= K here), reduction K := Cout (= N here).
     _run(_conv1x1_dgrad_kernel, _DGRAD_TUNED, (M, K), N, blocks,
-         (dy, mask, weight, r, rm, dx, M, K, N, dy.stride(0), mask.stride(0), weight.stride(0), r.stride(0),
-          rm.stride(0), dx.stride(0)),
-         HAS_RES=residual is not None, HAS_RES_MASK=residual_mask is not None, DOT_PRECISION=_precision(dy.dtype))
+         (dy, m, weight, r, rm, om, dx, M, K, N, dy.stride(0), m.stride(0), weight.stride(0), r.stride(0),
+          rm.stride(0), om.stride(0), dx.stride(0)),
+         HAS_MASK=mask is not None, HAS_RES=residual is not None, HAS_RES_MASK=residual_mask is not None,
+         HAS_OUT_MASK=out_mask is not None, DOT_PRECISION=_precision(dy.dtype))
     return dx
 
 
 @_conv1x1_dgrad_op.register_fake
-def _(dy, mask, weight, residual, residual_mask, blocks):
+def _(dy, mask, weight, residual, residual_mask, out_mask, blocks):
     return dy.new_empty((dy.shape[0], weight.shape[1]))
 
 
@@ -383,17 +404,18 @@ def conv1x1_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, resi
     return _fold(y, bhw), mask
 
 
-def conv1x1_dgrad(dy: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None,
-                  residual_mask: torch.Tensor | None = None, *,
-                  blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """(dy ⊙ mask) @ W (+ residual ⊙ residual_mask): the fused twin of `ccfast.conv1x1.conv1x1_dgrad_ref`.
+def conv1x1_dgrad(dy: torch.Tensor, mask: torch.Tensor | None, weight: torch.Tensor,
+                  residual: torch.Tensor | None = None, residual_mask: torch.Tensor | None = None, *,
+                  out_mask: torch.Tensor | None = None, blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """((dy ⊙ mask) @ W + residual ⊙ residual_mask) ⊙ out_mask: the fused twin of `ccfast.conv1x1.conv1x1_dgrad_ref`.
 
-    dy is (M, Cout) rows or (B, Cout, H, W); mask the one `conv1x1_relu` returned; weight (Cout, Cin[, 1, 1]);
-    residual like dx (Cin channels), residual_mask (M, ⌈Cin/32⌉) or None (residual added ungated).
-    Returns dx shaped like dy with Cin channels (4-D: channels_last) in dy's dtype.
+    dy is (M, Cout) rows or (B, Cout, H, W); mask the one `conv1x1_relu` returned, or None when dy is
+    already gated (the producer applied it); weight (Cout, Cin[, 1, 1]); residual like dx (Cin channels);
+    residual_mask and out_mask (M, ⌈Cin/32⌉) int32 or None. Returns dx shaped like dy with Cin channels
+    (4-D: channels_last) in dy's dtype.
     """
     rows, bhw = _as_rows(dy)
     res = _as_rows(residual)[0] if residual is not None else None
-    dx = torch.ops.ccfast.conv1x1_dgrad(rows, mask, _weight2d(weight), res, residual_mask,
+    dx = torch.ops.ccfast.conv1x1_dgrad(rows, mask, _weight2d(weight), res, residual_mask, out_mask,
                                         list(blocks) if blocks else None)
     return _fold(dx, bhw)

@@ -107,7 +107,7 @@ def test_forward_matches_ref(M, K, N, dtype, blocks, residual):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("M,K,N,blocks", _cases())
-@pytest.mark.parametrize("residual", ["none", "plain", "gated"])
+@pytest.mark.parametrize("residual", ["none", "plain", "gated"] if CUDA else ["none", "gated"])
 def test_dgrad_matches_ref(M, K, N, dtype, blocks, residual):
     """dx (M, K) = (dy ⊙ mask) @ W + residual (⊙ its mask); W is (N, K) as in the forward."""
     g = _gen(M + 7 * K + N)
@@ -171,16 +171,42 @@ def test_conv_layout_batch_one_and_a_bottleneck(dtype):
     idt = torch.randn(1, 40, 3, 5, generator=g).to(DEVICE, dtype).contiguous(memory_format=torch.channels_last)
     y, mask = conv1x1_relu(x, w, b, idt)
     assert y.shape == (1, 40, 3, 5) and y.is_contiguous(memory_format=torch.channels_last)
-    xf = x.float().requires_grad_()
-    yf = torch.relu(torch.nn.functional.conv2d(xf, w.float(), b) + idt.float())
+    # float64 reference: an fp32 conv2d on a GPU would run in TF32 (cuDNN's default) and be the less exact side.
+    xf = x.double().requires_grad_()
+    yf = torch.relu(torch.nn.functional.conv2d(xf, w.double(), b.double()) + idt.double())
     tol = TOL_FP32 if dtype == torch.float32 else {"rtol": 2**-7, "atol": 2**-7}
-    torch.testing.assert_close(y.float(), yf.detach(), **tol)
+    torch.testing.assert_close(y.double(), yf.detach(), **tol)
     dy = torch.randn(1, 40, 3, 5, generator=g).to(DEVICE, dtype).contiguous(memory_format=torch.channels_last)
-    (dx_ref,) = torch.autograd.grad(yf, xf, dy.float())
+    (dx_ref,) = torch.autograd.grad(yf, xf, dy.double())
     dx = conv1x1_dgrad(dy, mask, w)
     assert dx.shape == x.shape and dx.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(dx.float(), dx_ref, **(TOL_FP32 if dtype == torch.float32 else
-                                                        {"rtol": 2**-6, "atol": 2**-6}))
+    torch.testing.assert_close(dx.double(), dx_ref, **(TOL_FP32 if dtype == torch.float32 else
+                                                         {"rtol": 2**-6, "atol": 2**-6}))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("M,K,N", SHAPES, ids=[f"M{m}-K{k}-N{n}" for m, k, n in SHAPES])
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_dgrad_mask_in_epilogue(M, K, N, dtype, residual):
+    """The other placement of the ReLU gradient: dy arrives gated (mask=None), the result is gated by the
+    ReLU of the convolution's input (out_mask) after the residual add; and both placements at once."""
+    g = _gen(3 * M + K + 5 * N)
+    dy = torch.randn(M, N, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(N, K, generator=g) / N**0.5).to(DEVICE, dtype)
+    r = torch.randn(M, K, generator=g).to(DEVICE, dtype) if residual else None
+    keep_out = torch.rand(M, K, generator=g) > 0.5
+    out_mask = pack_relu_mask(keep_out).to(DEVICE)
+    keep = torch.rand(M, N, generator=g) > 0.4
+    mask = pack_relu_mask(keep).to(DEVICE)
+    for m, keep_in in ((None, torch.ones_like(keep)), (mask, keep)):
+        dx = conv1x1_dgrad(dy, m, w, r, out_mask=out_mask)
+        ref = conv1x1_dgrad_ref(dy.float(), m, w.float(), None if r is None else r.float(), None, out_mask)
+        assert torch.equal(dx[~keep_out.to(DEVICE)], torch.zeros_like(dx[~keep_out.to(DEVICE)]))
+        if dtype == torch.float32:
+            torch.testing.assert_close(dx, ref, **TOL_FP32)
+        else:
+            torch_bf16 = torch.where(keep_in.to(DEVICE), dy, 0) @ w + (r if r is not None else 0)
+            _assert_bf16_like_torch(dx, ref, torch.where(keep_out.to(DEVICE), torch_bf16, 0))
 
 
 def test_visible_to_torch_compile():
@@ -206,9 +232,11 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(CCFastError, match="multiples of 32"):
         conv1x1_relu(x, w, b, blocks=(32, 48, 32))
     y, mask = conv1x1_relu(x, w, b)
+    with pytest.raises(CCFastError, match="out_mask must be int32"):
+        conv1x1_dgrad(y, mask, w, out_mask=mask)
     with pytest.raises(CCFastError, match="mask must be int32"):
         conv1x1_dgrad(y, mask[:, :1], w)
     with pytest.raises(CCFastError, match="residual_mask needs a residual"):
-        conv1x1_dgrad(y, mask, w, None, mask)
+        conv1x1_dgrad(y, mask, w, None, mask[:, : mask_words(40)].contiguous())
     with pytest.raises(CCFastError, match="residual must have shape"):
         conv1x1_dgrad(y, mask, w, y)
