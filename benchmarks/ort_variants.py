@@ -2,7 +2,7 @@
 
     python benchmarks/ort_variants.py --out OUT [--batches 1,256] [--steps 10] [--reps 5] [--budget-s 300]
 
-ResNet-50 at 64×64 (random weights, BatchNorm calibrated, as bench_ort.py), Eq. 12, α = 0.1, ε = 1.5, early
+ResNet-50 at 64×64 (random weights, BatchNorm calibrated: bench_refine.make_model), Eq. 12, α = 0.1, ε = 1.5, early
 stopping off, one GPU, one process:
 
 1. Profiles, CUDA graphs off (so every launch is seen): ONNX Runtime's own profiler summed per op type (host
@@ -11,8 +11,8 @@ stopping off, one GPU, one process:
 2. Variants, each one change away from the engine's previous settings (fp32 graph, CUDA graph on, cuDNN
    exhaustive search, max workspace, NCHW, TF32 off, all graph optimisations), for the fp32 graph and the
    fp16 graphs (`onnx_export.build.GraphLayout`: first convolution padded to 8 input channels or not,
-   max-pool scatter "conv" or "interleave"). Each row: ms/step through the engine's loop (runner.run_steps
-   with its per-step host check, T steps + the final statistics call, / T), the step alone
+   max-pool scatter "conv" or "interleave"). Each row: ms/step through the engine's loop (step_graph_runner.run_steps
+   as the engine calls it, T steps + the final statistics call, / T), the step alone
    (run_with_iobinding repeated), set-up (session + first call: algorithm search, capture), and the error
    ‖x_T − x_ref‖ against the fp32 reference engine on the same GPU, beside plain PyTorch fp16's (the
    reference loop with the network under fp16 autocast: the yardstick for reduced precision).
@@ -45,15 +45,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_ort import make_inputs, make_model  # noqa: E402
+from bench_refine import make_model  # noqa: E402
+from harness import make_inputs  # noqa: E402
 
 from ccfast.config import RefineConfig  # noqa: E402
 from ccfast.io_utils import write_text_atomic  # noqa: E402
 from ccfast.objectives import HeadParams  # noqa: E402
 from ccfast.onnx_export.build import GraphLayout, export_step_graph, model_fingerprint, read_graph_metadata  # noqa: E402
-from ccfast.refine.step_graph_runner import NUMPY_DTYPES, StepBuffers, collect, params_for, run_steps  # noqa: E402
 from ccfast.refine.base import ResolvedScalars  # noqa: E402
 from ccfast.refine.ort_session import OrtSettings, create_session  # noqa: E402
+from ccfast.refine.step_graph_runner import NUMPY_DTYPES, StepBuffers, collect, params_for, run_steps  # noqa: E402
 from ccfast.refine.torch_engine import TorchEngine  # noqa: E402
 
 # name: (dtype, layout)
@@ -222,7 +223,7 @@ class Bench:
 
         def call():
             bufs.load(x0, labels)
-            run_steps(bufs, run_step, self.args.steps, check_every_step=True)
+            run_steps(bufs, run_step, self.args.steps, check_every_step=self.scalars.tau is not None)  # as the engine
             return collect(bufs, B, labels, None)
 
         return call, binding  # keep `call` alive while the binding is used: it owns the buffers
