@@ -72,15 +72,16 @@ def test_conv_bn_vjp_restores_the_input_shape(k, s, p, d, groups, size):
 
 
 @pytest.mark.parametrize("scatter", MaxPool.SCATTERS)
-@pytest.mark.parametrize("k,s,p,size", [(3, 2, 1, 8), (3, 2, 1, 9), (2, 2, 0, 8), (3, 1, 1, 6), (3, 2, 0, 9), (2, 2, 1, 8),
-                                        (3, 3, 1, 10), (5, 2, 2, 11)])
+@pytest.mark.parametrize("k,s,p,size", [(3, 2, 1, 8), (3, 2, 1, 9), (2, 2, 0, 8), (3, 1, 1, 6), (3, 2, 0, 9),
+                                        (2, 2, 1, 8), (3, 3, 1, 10), (5, 2, 2, 11)])
 def test_maxpool_vjp_routes_to_pytorchs_first_maximum(k, s, p, size, scatter):
     """Inputs drawn from {−1, 0, 1, 2}: most windows hold tied maxima, so the routing rule is exercised.
     Both scatters (grouped ConvTranspose, interleaved residue planes) must give PyTorch's gradient."""
     torch.manual_seed(1)
     x = torch.randint(-1, 3 if k > 2 else 1, (2, 3, size, size)).float()  # 2×2 windows: {−1, 0}, ties as often
     pool = nn.MaxPool2d(k, s, p)
-    y_o, gx_o, gy = onnx_forward_and_vjp(MaxPool(pool, "pool", scatter), x, lambda shape: torch.rand(shape) + 0.5)
+    layer = MaxPool(pool, "pool", scatter)
+    y_o, gx_o, gy = onnx_forward_and_vjp(layer, x, lambda shape: torch.rand(shape) + 0.5)
     y_t, gx_t = autograd_vjp(pool, x, gy)
     xp = torch.nn.functional.pad(x, (p, p, p, p), value=float("-inf"))
     Ho, Wo = y_t.shape[2:]

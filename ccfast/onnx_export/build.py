@@ -67,7 +67,8 @@ def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", me
     H, W = (int(s) for s in image_size)
     layout = layout or GraphLayout()
     if layout.maxpool_scatter not in MaxPool.SCATTERS:
-        raise CCFastError(f"unknown max-pool scatter {layout.maxpool_scatter!r}; choose one of {', '.join(MaxPool.SCATTERS)}")
+        raise CCFastError(f"unknown max-pool scatter {layout.maxpool_scatter!r}; "
+                          f"choose one of {', '.join(MaxPool.SCATTERS)}")
     layers = backbone_layers(model.backbone, layout.maxpool_scatter)
     padded = layout.pad_channels and isinstance(layers.layers[0], ConvBN) and layers.layers[0].pad_input_channels(8)
     normalize = Normalize(model.mean.flatten().tolist(), model.std.flatten().tolist())

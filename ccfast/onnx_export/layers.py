@@ -244,7 +244,8 @@ class MaxPool(Layer):
 
     def backward(self, gb, gy):
         routed = self._routed(gb, gy)
-        gx = self._scatter_conv(gb, routed, gy.dtype) if self.scatter == "conv" else self._scatter_interleave(gb, routed, gy.dtype)
+        scatter = self._scatter_conv if self.scatter == "conv" else self._scatter_interleave
+        gx = scatter(gb, routed, gy.dtype)
         return Tensor(gx, gy.dtype, self.x.shape)
 
     def _scatter_conv(self, gb, routed, dt) -> str:
@@ -252,8 +253,8 @@ class MaxPool(Layer):
         C, H, W = self.x.shape
         _, Ho, Wo = self.out_shape
         K = kh * kw
-        stacked = gb.op("Concat", [gb.op("Unsqueeze", [g, gb.axes(2)], f"{g}_u") for g in routed.values()],
-                        f"{self.where}_routed", axis=2)  # (B, C, K, Ho, Wo), offsets in scan order
+        unsqueezed = [gb.op("Unsqueeze", [g, gb.axes(2)], f"{g}_u") for g in routed.values()]
+        stacked = gb.op("Concat", unsqueezed, f"{self.where}_routed", axis=2)  # (B, C, K, Ho, Wo), scan order
         flat = gb.op("Reshape", [stacked, gb.const([-1, C * K, Ho, Wo], np.int64, "shape")], f"{self.where}_routed_flat")
         onehot = np.zeros((C * K, 1, kh, kw), np.float32)
         for c in range(C):
@@ -278,8 +279,8 @@ class MaxPool(Layer):
             if hi[0] <= lo[0] or hi[1] <= lo[1]:
                 return None
             if lo != [0, 0] or hi != [Ho, Wo]:
-                name = gb.op("Slice", [name, gb.const(lo, np.int64, "starts"), gb.const(hi, np.int64, "ends"), gb.axes(2, 3)],
-                             f"{name}_sh{jh}{jw}")
+                name = gb.op("Slice", [name, gb.const(lo, np.int64, "starts"), gb.const(hi, np.int64, "ends"),
+                                       gb.axes(2, 3)], f"{name}_sh{jh}{jw}")
             before = [max(-jh, 0), max(-jw, 0)]
             after = [Mh - before[0] - (hi[0] - lo[0]), Mw - before[1] - (hi[1] - lo[1])]
             if before != [0, 0] or after != [0, 0]:
@@ -291,7 +292,8 @@ class MaxPool(Layer):
         for r in range(sh):
             planes = []
             for c in range(sw):
-                terms = [shifted(routed[(di, dj)], jh, jw) for di, jh in sources(r, kh, sh, ph) for dj, jw in sources(c, kw, sw, pw)]
+                terms = [shifted(routed[(di, dj)], jh, jw)
+                         for di, jh in sources(r, kh, sh, ph) for dj, jw in sources(c, kw, sw, pw)]
                 terms = [t for t in terms if t is not None]
                 if not terms:
                     raise ValueError(f"{self.where}: a {H}×{W} input is too small for the interleave scatter")
@@ -302,8 +304,8 @@ class MaxPool(Layer):
             rows.append(self._interleave(gb, planes, axis=3, shape=[-1, C, Mh, Mw * sw], hint=f"{self.where}_row{r}"))
         full = self._interleave(gb, rows, axis=2, shape=[-1, C, Mh * sh, Mw * sw], hint=f"{self.where}_rows")
         if (Mh * sh, Mw * sw) != (H, W):
-            full = gb.op("Slice", [full, gb.const([0, 0], np.int64, "starts"), gb.const([H, W], np.int64, "ends"), gb.axes(2, 3)],
-                         f"{self.where}_cropped")
+            full = gb.op("Slice", [full, gb.const([0, 0], np.int64, "starts"), gb.const([H, W], np.int64, "ends"),
+                                   gb.axes(2, 3)], f"{self.where}_cropped")
         return full
 
     @staticmethod
@@ -312,8 +314,8 @@ class MaxPool(Layer):
         if len(parts) == 1:
             return parts[0]
         new_axis = axis + 1
-        stacked = gb.op("Concat", [gb.op("Unsqueeze", [t, gb.axes(new_axis)], f"{t}_u") for t in parts], f"{hint}_stacked",
-                        axis=new_axis)
+        unsqueezed = [gb.op("Unsqueeze", [t, gb.axes(new_axis)], f"{t}_u") for t in parts]
+        stacked = gb.op("Concat", unsqueezed, f"{hint}_stacked", axis=new_axis)
         return gb.op("Reshape", [stacked, gb.const(shape, np.int64, "shape")], hint)
 
 
