@@ -22,6 +22,7 @@ from ..data import load_samples, save_samples
 from ..errors import CCFastError
 from ..io_utils import atomic_path, file_fingerprint, write_json_atomic
 from ..objectives import OBJECTIVES, REALNESS
+from ..validation import integer, output_path, require_finite
 
 PROG = "python -m ccfast.refine"
 
@@ -119,14 +120,53 @@ def _prepare_partial_dir(partial: Path, manifest: dict, overwrite: bool, ctx: Di
             except (OSError, ValueError):
                 old = None
             if old != manifest:
-                raise CCFastError(
-                    f"{partial} holds unfinished chunks of a run with other inputs or settings; "
-                    "pass --overwrite to discard them, or rerun with the original arguments to resume"
-                )
-        else:
+                if any(partial.glob("chunk_*.npz")):
+                    raise CCFastError(
+                        f"{partial} holds unfinished chunks of a run with other inputs or settings; "
+                        "pass --overwrite to discard them, or rerun with the original arguments to resume"
+                    )
+                shutil.rmtree(partial)  # no finished chunk (e.g. a run that failed early): nothing to keep
+        if not partial.exists():
             partial.mkdir(parents=True)
             write_json_atomic(mpath, manifest)
     ctx.barrier()
+
+
+# Engine options that name files the engine reads: the output must not replace them.
+FILE_ENGINE_OPTIONS = ("onnx", "plan")
+
+
+def check_arguments(args) -> tuple[RefineConfig, Path]:
+    """Every check that needs no model or data, before anything is loaded or written (issue #14)."""
+    integer(args.batch_size, "--batch-size", at_least=1)
+    config = config_from_args(args)
+    inputs = [("--input", args.input), ("--checkpoint", args.checkpoint)]
+    for item in args.engine_option:
+        key, _, value = item.partition("=")
+        if key.strip().replace("-", "_") in FILE_ENGINE_OPTIONS and value:
+            inputs.append((f"--engine-option {key.strip()}", value))
+    out = output_path(args.output, "--output", inputs=inputs, overwrite=args.overwrite, suffix=".npz",
+                      sidecars=(".json",))
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists() and not partial.is_dir():
+        raise CCFastError(f"--output {out}: {partial} is a file, where the run keeps its chunks; move it away")
+    if args.device is not None:
+        check_device_name(args.device)
+    return config, out
+
+
+def check_device_name(name: str) -> None:
+    """--device must parse as a torch device of a type refine runs on (before any model is built)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CCFastError(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise CCFastError(f"--device {name!r}: refine runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CCFastError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
 
 
 def refine_file(args, ctx: DistContext) -> int:
@@ -136,14 +176,7 @@ def refine_file(args, ctx: DistContext) -> int:
     from . import Refiner
     from .base import STAT_FIELDS
 
-    out = Path(args.output)
-    if out.suffix != ".npz":
-        raise CCFastError(f"{out}: the output must be an .npz file")
-    if out.exists() and not args.overwrite:
-        raise CCFastError(f"{out} exists; pass --overwrite to replace it")
-    if args.batch_size < 1:
-        raise CCFastError(f"--batch-size must be >= 1, got {args.batch_size}")
-    config = config_from_args(args)
+    config, out = check_arguments(args)
     device = args.device
     if ctx.world_size > 1 and (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
         device = f"cuda:{ctx.local_rank}"
@@ -169,17 +202,24 @@ def refine_file(args, ctx: DistContext) -> int:
     bar = tqdm(total=sum(min(args.batch_size, n - i * args.batch_size) for i in mine), initial=done_here, unit="img",
                desc=f"refine[{args.engine}]", disable=args.quiet or not ctx.is_main, file=sys.stderr)
     t1 = time.perf_counter()
-    for i in todo:
-        sl = slice(i * args.batch_size, min(n, (i + 1) * args.batch_size))
-        labels = samples.labels[sl] if samples.labels is not None else None
-        res = refiner.refine(samples.images[sl], labels, indices=np.arange(sl.start, sl.stop))
-        arrays = {"images": res.uint8(), "labels": res.labels.cpu().numpy(), **res.stats_numpy()}
-        if args.save_float:
-            arrays["float_images"] = res.images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
-        with atomic_path(_chunk_path(partial, i), suffix=".npz") as tmp:
-            np.savez(tmp, **arrays)
-        bar.update(sl.stop - sl.start)
-    bar.close()
+    try:  # closed on an interrupt too, so that the message after the bar starts on its own line
+        for i in todo:
+            sl = slice(i * args.batch_size, min(n, (i + 1) * args.batch_size))
+            labels = samples.labels[sl] if samples.labels is not None else None
+            res = refiner.refine(samples.images[sl], labels, indices=np.arange(sl.start, sl.stop))
+            floats = res.images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+            stats = res.stats_numpy()
+            # NaN images would be quantised to 0 and look like a result: refuse instead.
+            require_finite(f"{args.output}: refining images {sl.start}..{sl.stop - 1} of {args.input}",
+                           f"Check the checkpoint {args.checkpoint} and the step options", images=floats, **stats)
+            arrays = {"images": res.uint8(), "labels": res.labels.cpu().numpy(), **stats}
+            if args.save_float:
+                arrays["float_images"] = floats
+            with atomic_path(_chunk_path(partial, i), suffix=".npz") as tmp:
+                np.savez(tmp, **arrays)
+            bar.update(sl.stop - sl.start)
+    finally:
+        bar.close()
     t_refine = time.perf_counter() - t1
     ctx.barrier()
     if ctx.is_main:

@@ -40,6 +40,7 @@ from .datasets import (BatchStream, LabelledImages, augment, crop_pad, draw_augm
                        split_holdout, to_device_float)
 from .losses import TERM_NAMES, LossWeights, joint_loss
 from .model_init import build_initial_model
+from ..validation import json_safe
 from .state import (METRICS_FILE, MODEL_FILE, STATE_FILE, check_data_matches, check_resume_matches, clear_run_dir,
                     load_training_state, read_run_record, save_training_state, truncate_metrics, write_run_record)
 
@@ -397,7 +398,7 @@ class Trainer:
 
     def _append_metrics(self, record: dict) -> None:
         with open(self.run_dir / METRICS_FILE, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(json_safe(record), allow_nan=False) + "\n")  # strict JSON: NaN becomes null
 
     # ------------------------------------------------------------------ the loop
 
