@@ -185,7 +185,9 @@ def refine_file(args, ctx: DistContext) -> int:
     refiner = Refiner(args.checkpoint, engine=args.engine, config=config, device=device, batch_size=args.batch_size,
                       **parse_engine_options(args.engine_option))
     t_setup = time.perf_counter() - t0
-    samples = load_samples(args.input, require_labels=config.labels == "given", num_classes=refiner.info.num_classes)
+    samples = load_samples(args.input, require_labels=config.labels == "given", num_classes=refiner.info.num_classes,
+                           no_labels_hint="class-conditional refinement needs the generator's labels, or use "
+                                          "--labels argmax to take the classifier's prediction")
     n = len(samples)
     n_chunks = (n + args.batch_size - 1) // args.batch_size
     manifest = {
@@ -271,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutdown_distributed(ctx)
 
-    return run_main(PROG, body)
+    return run_main(PROG, body, interrupted="interrupted; finished chunks are kept and a rerun of the same command "
+                                            "resumes from them")
 
 
 if __name__ == "__main__":
