@@ -108,16 +108,16 @@ def output_path(path: PathLike, option: str, *, inputs: Iterable[tuple[str, Path
     out = Path(path)
     if str(path) == "":
         raise CCFastError(f"{option}: empty path")
-    if suffix is not None and out.suffix.lower() != suffix:
-        raise CCFastError(f"{option} {out}: the output must be a {suffix} file")
     for name, inp in inputs:
         if inp is None:
             continue
         for target, what in ((out, ""), *((Path(str(out) + s), s) for s in sidecars)):
             if _same(target, Path(inp)):
-                written = f"{out}{what}" if what else str(out)
-                raise CCFastError(f"{option} {out}: {written} is also the input {name} {inp}, which the output would "
-                                  "destroy; choose another output path")
+                which = f"its companion file {target}" if what else "it"
+                raise CCFastError(f"{option} {out}: {which} is also the input {name}, which writing would destroy "
+                                  "(even with --overwrite); choose another output path")
+    if suffix is not None and out.suffix.lower() != suffix:
+        raise CCFastError(f"{option} {out}: the output must be a {suffix} file")
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
