@@ -89,7 +89,10 @@ def check_arguments(args) -> None:
     if args.trt:
         from .onnx_export.runner import parse_buckets
 
-        parse_buckets(args.batch_buckets)
+        try:
+            parse_buckets(args.batch_buckets)
+        except CCFastError as exc:
+            raise CCFastError(f"--batch-buckets: {exc}") from None
         integer(args.trt_opt_level, "--trt-opt-level", at_least=0, at_most=5)
         if args.workspace_mib is not None:
             integer(args.workspace_mib, "--workspace-mib", at_least=1)

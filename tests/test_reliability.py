@@ -256,8 +256,8 @@ def test_convert_bad_options_one_line(extra, needle, world, capsys):
 
 
 EXPORT_BAD = [
-    (["--trt-opt-level", "9"], "--trt-opt-level"), (["--batch-buckets", "1,x"], "batch buckets"),
-    (["--batch-buckets", "0"], "batch buckets"), (["--workspace-mib", "0"], "--workspace-mib"),
+    (["--trt-opt-level", "9"], "--trt-opt-level"), (["--batch-buckets", "1,x"], "--batch-buckets"),
+    (["--batch-buckets", "0"], "--batch-buckets"), (["--workspace-mib", "0"], "--workspace-mib"),
 ]
 
 
