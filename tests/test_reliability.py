@@ -331,6 +331,8 @@ hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
 NUMBER_TEXT = st.sampled_from(["-1", "0", "1e-3", "0.05", "0.5", "1.5", "3", "nan", "inf", "-inf", "1e30", "-0"])
+# Values of a 3-number option (no KEY=VALUE form there): "-inf" would read as an unknown option to argparse.
+NARGS_NUMBER_TEXT = st.sampled_from(["-1", "0", "1e-3", "0.5", "3", "nan", "inf", "1e30", "-0"])
 
 
 @hypothesis.settings(max_examples=25, deadline=None,
@@ -371,6 +373,34 @@ def test_random_viz_options_write_a_png_or_fail_cleanly(world, capsys, n, start,
     err = capsys.readouterr().err
     if code == 0:
         assert Path("g.png").read_bytes().startswith(b"\x89PNG")
+    else:
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and "error:" in err, err
+        assert snapshot(world) == before
+
+
+@hypothesis.settings(max_examples=20, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(classes=st.sampled_from(["-1", "0", "3", "10"]), size=st.sampled_from(["0", "8", "16"]),
+                  mean=NARGS_NUMBER_TEXT, std=NARGS_NUMBER_TEXT, ell0_max=st.sampled_from(["-1", "0", "1", "5", "1000"]),
+                  ell0=st.booleans())
+def test_random_convert_options_write_a_finite_checkpoint_or_fail_cleanly(world, capsys, classes, size, mean, std,
+                                                                         ell0_max, ell0):
+    from ccfast.checkpoint import load_checkpoint
+
+    Path("c.pt").unlink(missing_ok=True)
+    argv = ["--arch", "tiny", "--out", "c.pt", f"--num-classes={classes}", f"--image-size={size}",
+            "--mean", "0.5", "0.5", mean, "--std", std, "0.25", "0.25", f"--ell0-max={ell0_max}"]
+    if ell0:
+        argv += ["--ell0-data", "samples.npz"]
+    before = snapshot(world)
+    code = convert_main(argv)
+    err = capsys.readouterr().err
+    if code == 0:
+        model, info = load_checkpoint("c.pt")
+        assert info.ell0 is None or math.isfinite(info.ell0)
+        out = model(torch.rand(2, 3, *info.image_size))
+        assert all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else (out,)))
     else:
         assert code == 2, err
         assert len(err.strip().splitlines()) == 1 and "error:" in err, err
