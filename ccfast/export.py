@@ -87,7 +87,7 @@ def check_arguments(args) -> None:
     else:
         input_path(args.onnx, "--onnx")
     if args.trt:
-        from .onnx_export.runner import parse_buckets
+        from .batch_buckets import parse_buckets
 
         try:
             parse_buckets(args.batch_buckets)
@@ -131,7 +131,7 @@ def body(args) -> int:
     check_arguments(args)
     onnx_path = write_graph(args) if args.checkpoint else Path(args.onnx)
     if args.trt:
-        from .onnx_export.runner import parse_buckets
+        from .batch_buckets import parse_buckets
         from .onnx_export.tensorrt_build import build_plan
 
         plan = Path(args.trt)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .unet import ResBlock, _norm, noise_embedding
+from .unet import ResBlock, group_norm, noise_embedding
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Discriminator(nn.Module):
             cur = ch * mult
             if level != len(cfg.d_channel_mult) - 1:
                 self.blocks.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
-        self.norm_out = _norm(cur)
+        self.norm_out = group_norm(cur)
         self.linear = nn.Linear(cur, 1)
         self.class_proj = nn.Embedding(num_classes, cur)
         nn.init.normal_(self.class_proj.weight, std=cur ** -0.5)

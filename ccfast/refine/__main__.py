@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import DistContext, init_distributed, parse_optional_float, run_main, shutdown_distributed
+from ..cli import parse_optional_float, run_main
 from ..config import EARLY_STOP_RULES, LABEL_SOURCES, METHODS, PRESETS, RefineConfig
 from ..data import load_samples, save_samples
+from ..devices import DistContext, init_distributed, resolve_device, shutdown_distributed
 from ..errors import CCFastError
 from ..io_utils import atomic_path, file_fingerprint, write_json_atomic
 from ..objectives import OBJECTIVES, REALNESS
@@ -150,37 +151,17 @@ def check_arguments(args) -> tuple[RefineConfig, Path]:
     partial = out.with_name(out.name + ".partial")
     if partial.exists() and not partial.is_dir():
         raise CCFastError(f"--output {out}: {partial} is a file, where the run keeps its chunks; move it away")
-    if args.device is not None:
-        check_device_name(args.device)
     return config, out
 
 
-def check_device_name(name: str) -> None:
-    """--device must parse as a torch device of a type refine runs on (before any model is built)."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise CCFastError(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise CCFastError(f"--device {name!r}: refine runs on cpu or cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CCFastError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-
-
 def refine_file(args, ctx: DistContext) -> int:
-    import torch
     from tqdm.auto import tqdm
 
     from . import Refiner
     from .base import STAT_FIELDS
 
     config, out = check_arguments(args)
-    device = args.device
-    if ctx.world_size > 1 and (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
-        device = f"cuda:{ctx.local_rank}"
-        torch.cuda.set_device(ctx.local_rank)
+    device = resolve_device(args.device, ctx)
     t0 = time.perf_counter()
     refiner = Refiner(args.checkpoint, engine=args.engine, config=config, device=device, batch_size=args.batch_size,
                       **parse_engine_options(args.engine_option))
@@ -265,9 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        import torch
-
-        ctx = init_distributed("cuda" if (args.device or "").startswith("cuda") or (args.device is None and torch.cuda.is_available()) else "cpu")
+        ctx = init_distributed(resolve_device(args.device).type)
         try:
             return refine_file(args, ctx)
         finally:
