@@ -176,6 +176,7 @@ def npz_intact(path: PathLike, option: str) -> None:
         with zipfile.ZipFile(p) as zf:
             bad = zf.testzip()
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise CCFastError(f"{option} {p}: corrupt .npz ({exc}); copy the file again") from None
+        raise CCFastError(f"{option} {p}: corrupt zip archive ({exc}); copy the file again") from None
     if bad is not None:
-        raise CCFastError(f"{option} {p}: corrupt .npz (member {bad!r} fails its CRC check); copy the file again")
+        raise CCFastError(f"{option} {p}: corrupt zip archive (member {bad!r} fails its CRC check); "
+                          "copy the file again")

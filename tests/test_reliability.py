@@ -278,6 +278,24 @@ def test_viz_bad_options_one_line(extra, needle, world, capsys):
             needle)
 
 
+def _corrupt_copy(src: str, dst: str) -> None:
+    """A stored (uncompressed) .npz with one byte of array data flipped: it opens, but fails its CRC check."""
+    data = bytearray(Path(src).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    Path(dst).write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("case", ["corrupt samples", "corrupt ref", "batch size"])
+def test_evaluate_bad_input_refused_before_any_feature(case, world, capsys):
+    _corrupt_copy("refined.npz", "crc.npz")
+    argv = {"corrupt samples": ["--ref", "samples.npz", "--samples", "refined.npz", "crc.npz"],
+            "corrupt ref": ["--ref", "crc.npz", "--samples", "refined.npz"],
+            "batch size": ["--ref", "samples.npz", "--samples", "refined.npz", "--batch-size", "0"]}[case]
+    needle = "--batch-size" if case == "batch size" else "crc.npz"
+    # No network is given: the check must come before the feature network is even looked for.
+    refused(capsys, world, "evaluate", [*argv, "--out", "m.json", "--cache-dir", "cache"], needle)
+
+
 @pytest.mark.parametrize("extra,needle", [(["--lr", "nan"], "lr"), (["--w-real", "nan"], "w_real"),
                                           (["--real", "missing.npz"], "missing.npz")])
 def test_train_bad_options_one_line(extra, needle, world, capsys):
