@@ -166,9 +166,7 @@ def config_from_args(args) -> TrainConfig:
     # Absolute input paths in config.json: `--resume` from another directory reads the same files (a record
     # written with relative paths resolves them against the current directory, as before).
     base = base.with_absolute_paths()
-    cfg = base.replace(**given).with_absolute_paths().validate()
-    check_files(cfg)
-    return cfg
+    return base.replace(**given).with_absolute_paths().validate()
 
 
 def check_files(cfg: TrainConfig) -> None:
@@ -191,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = init_distributed(resolve_device(cfg.device).type)
         trainer = None
         try:
+            check_files(cfg)
             trainer = Trainer(cfg, ctx, resume=args.resume, overwrite=args.overwrite)
             trainer.run()
         except KeyboardInterrupt:
