@@ -24,6 +24,7 @@ import torch
 from .errors import CCFastError
 from .io_utils import atomic_path
 from .models import ARCHS, JointModel, build_model
+from .validation import torch_file
 
 FORMAT = "ccfast-inference"
 FORMAT_VERSION = 1
@@ -87,14 +88,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, CheckpointInfo]:
             f"{path}: no such checkpoint. Make one with `python -m ccfast.train` or convert classifier "
             "weights with `python -m ccfast.convert`"
         )
-    if path.is_dir():
-        raise CCFastError(f"{path} is a folder; give the checkpoint file (e.g. RUN_DIR/model.pt)")
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip archive (or, before torch 1.6, a pickle)
-        raise CCFastError(
-            f"{path}: not a PyTorch file (it starts with {head!r}); give the model.pt written by `python -m ccfast.train` "
-            "or the checkpoint written by `python -m ccfast.convert`")
+    torch_file(path, "the model.pt written by `python -m ccfast.train` or the checkpoint written by "
+                     "`python -m ccfast.convert`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -180,3 +180,16 @@ def npz_intact(path: PathLike, option: str) -> None:
     if bad is not None:
         raise CCFastError(f"{option} {p}: corrupt zip archive (member {bad!r} fails its CRC check); "
                           "copy the file again")
+
+
+def torch_file(path: PathLike, what: str) -> None:
+    """A file that `torch.save` wrote starts as a zip archive (or, before torch 1.6, a pickle); anything else (a
+    text file, an .npz given by mistake is a zip too and is left to the loader) gets a clear line, not torch's
+    unpickling error. `what` says what the command expected there."""
+    p = Path(path)
+    if p.is_dir():
+        raise CCFastError(f"{p} is a folder; give {what}")
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise CCFastError(f"{p}: not a PyTorch file (it starts with {head!r}); give {what}")

@@ -329,6 +329,12 @@ def test_text_file_as_checkpoint_says_so(world, capsys):
     refused(capsys, world, "refine", argv, "notes.txt", "not a PyTorch file")
 
 
+def test_text_file_as_weights_says_so(world, capsys):
+    Path("notes.txt").write_text("this is not a model\n")
+    refused(capsys, world, "convert", ["--arch", "tiny", "--weights", "notes.txt", "--out", "c.pt"], "notes.txt",
+            "not a PyTorch file")
+
+
 def test_viz_help_names_its_three_rows(capsys):
     with pytest.raises(SystemExit):
         viz_main(["--help"])
