@@ -14,6 +14,7 @@ One `torch.save` file (loaded with `weights_only=True`) holding a plain dict:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from .errors import CCFastError
 from .io_utils import atomic_path
 from .models import ARCHS, JointModel, build_model
+from .validation import torch_file
 
 FORMAT = "ccfast-inference"
 FORMAT_VERSION = 1
@@ -53,6 +55,12 @@ def save_checkpoint(path: str | os.PathLike, model: JointModel, info: Checkpoint
     """Write an inference checkpoint atomically."""
     if info.arch not in ARCHS:
         raise CCFastError(f"unknown architecture {info.arch!r}")
+    _check_info_numbers(info, path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # a checkpoint of NaN weights would load fine and refine nothing
+        raise CCFastError(f"{path}: not written: non-finite (NaN/inf) weights in {', '.join(bad[:3])}"
+                          f"{' ...' if len(bad) > 3 else ''}; check the source weights")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -64,7 +72,7 @@ def save_checkpoint(path: str | os.PathLike, model: JointModel, info: Checkpoint
         "std": [float(s) for s in info.std],
         "ell0": None if info.ell0 is None else float(info.ell0),
         "realness": info.realness,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()},
+        "state_dict": state,
         "ccfast_version": _version(),
         "meta": dict(info.meta),
     }
@@ -80,6 +88,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, CheckpointInfo]:
             f"{path}: no such checkpoint. Make one with `python -m ccfast.train` or convert classifier "
             "weights with `python -m ccfast.convert`"
         )
+    torch_file(path, "the model.pt written by `python -m ccfast.train` or the checkpoint written by "
+                     "`python -m ccfast.convert`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -109,7 +119,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, CheckpointInfo]:
         meta=dict(payload.get("meta", {})),
         path=str(path),
     )
+    _check_info_numbers(info, path)
     return payload, info
+
+
+def _check_info_numbers(info: CheckpointInfo, path) -> None:
+    """A checkpoint whose normaliser or ℓ0 is not finite (or std not > 0) makes every realness NaN: refuse it."""
+    values = [*info.mean, *info.std] + ([] if info.ell0 is None else [info.ell0])
+    if (len(info.mean) != 3 or len(info.std) != 3 or not all(math.isfinite(float(v)) for v in values)
+            or min(info.std) <= 0 or info.num_classes < 1 or min(info.image_size) < 1):
+        raise CCFastError(
+            f"{path}: impossible numbers in the checkpoint (mean {info.mean}, std {info.std}, ℓ0 {info.ell0}, "
+            f"{info.num_classes} classes, image size {info.image_size}); rewrite it with `python -m ccfast.convert`")
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[JointModel, CheckpointInfo]:

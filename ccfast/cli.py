@@ -11,15 +11,17 @@ from typing import Callable
 from .errors import CCFastError
 
 
-def run_main(prog: str, body: Callable[[], int | None]) -> int:
-    """Run a CLI body; a `CCFastError` becomes one line on stderr and exit code 2, KeyboardInterrupt 130."""
+def run_main(prog: str, body: Callable[[], int | None],
+             interrupted: str = "interrupted; outputs are written only when complete, so none is half-written") -> int:
+    """Run a CLI body; a `CCFastError` becomes one line on stderr and exit code 2, KeyboardInterrupt 130 with the
+    line `interrupted` (a body closes its progress bar on the way out, so the line starts on a line of its own)."""
     try:
         return int(body() or 0)
     except CCFastError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; finished chunks are kept and a rerun resumes from them", file=sys.stderr)
+        print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
 
 

@@ -51,27 +51,30 @@ class RefineConfig(JsonConfig):
         self.validate()
 
     def validate(self) -> "RefineConfig":
-        def bad(msg):
-            raise ValueError(f"invalid refinement config: {msg}")
+        """Every field in range, numbers finite; errors name the refine option (`CCFastError`, a ValueError)."""
+        from .errors import CCFastError
+        from .validation import integer, number
 
-        if self.method not in METHODS:
-            bad(f"method {self.method!r} not in {METHODS}")
-        if self.objective not in OBJECTIVES:
-            bad(f"objective {self.objective!r} not in {OBJECTIVES}")
-        if self.realness not in REALNESS:
-            bad(f"realness {self.realness!r} not in {REALNESS}")
-        if self.early_stop not in EARLY_STOP_RULES:
-            bad(f"early_stop {self.early_stop!r} not in {EARLY_STOP_RULES}")
-        if self.labels not in LABEL_SOURCES:
-            bad(f"labels {self.labels!r} not in {LABEL_SOURCES}")
-        if not (isinstance(self.steps, int) and self.steps >= 0):
-            bad(f"steps must be a non-negative integer, got {self.steps!r}")
-        if not self.alpha > 0:
-            bad(f"alpha must be > 0, got {self.alpha}")
-        if self.eps is not None and not self.eps > 0:
-            bad(f"eps must be > 0 or None (no projection), got {self.eps}")
-        if self.sigma < 0:
-            bad(f"sigma must be >= 0, got {self.sigma}")
+        def bad(msg):
+            raise CCFastError(f"invalid refinement config: {msg}")
+
+        for name, allowed in (("method", METHODS), ("objective", OBJECTIVES), ("realness", REALNESS),
+                              ("early_stop", EARLY_STOP_RULES), ("labels", LABEL_SOURCES)):
+            if getattr(self, name) not in allowed:
+                bad(f"{_option(name)} {getattr(self, name)!r} not in {allowed}")
+        # steps 0 is allowed: a run that only scores its inputs (realness/objective) and leaves them unchanged.
+        integer(self.steps, _option("steps"), at_least=0)
+        integer(self.seed, _option("seed"))
+        number(self.alpha, _option("alpha"), above=0)
+        if self.eps is not None:
+            number(self.eps, _option("eps"), above=0, hint=" (or 'none': no projection)")
+        number(self.sigma, _option("sigma"), at_least=0)
+        for name in ("tau", "ell0"):
+            if getattr(self, name) is not None:
+                number(getattr(self, name), _option(name), hint=" (leave it out for the checkpoint's ℓ0"
+                       + ("; --early-stop none never stops early)" if name == "tau" else ")"))
+        for name in ("w_ce", "w_d"):
+            number(getattr(self, name), _option(name))
         return self
 
     # The objective SGLD follows is fixed: ascent of the class logit (Algorithm 3).
@@ -86,6 +89,11 @@ class RefineConfig(JsonConfig):
         base = dict(PRESETS[name])
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(preset=name, **base)
+
+
+def _option(field: str) -> str:
+    """How a field is spelt on the refine command line (errors name what the user typed)."""
+    return "--" + field.replace("_", "-")
 
 
 # SPEC §4 preset table. BIGROC's α = 1.5·ε/T with ε = 1.5, T = 7 (official ImageNet settings).

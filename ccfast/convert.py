@@ -13,6 +13,7 @@ import sys
 from .cli import run_main
 from .errors import CCFastError
 from .models import ARCHS, IMAGENET_MEAN, IMAGENET_STD
+from .validation import input_path, integer, numbers, output_path
 
 PROG = "python -m ccfast.convert"
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, choices=sorted(ARCHS), help="backbone architecture")
     p.add_argument("--weights", help="weights file to load (omit for random initialisation, e.g. for tests)")
     p.add_argument("--out", required=True, help="inference checkpoint to write (atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--num-classes", type=int, default=None, help="classes (default: 10 for CIFAR/tiny archs, 1000 otherwise)")
     p.add_argument("--image-size", type=int, default=None, help="square image size the model expects (default 32, or 64 for ImageNet archs)")
     p.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default ImageNet, or the file's)")
@@ -47,18 +49,37 @@ def _with_norm(model, mean, std):
     return model.eval()
 
 
+def check_arguments(args) -> None:
+    """Every check that needs no file read, before any work (issue #14)."""
+    if args.num_classes is not None:
+        integer(args.num_classes, "--num-classes", at_least=1)
+    if args.image_size is not None:
+        integer(args.image_size, "--image-size", at_least=1)
+    integer(args.ell0_max, "--ell0-max", at_least=1)
+    numbers(args.mean, "--mean", count=3)
+    numbers(args.std, "--std", count=3, above=0)
+    if args.weights is not None:
+        input_path(args.weights, "--weights")
+    if args.ell0_data is not None:
+        input_path(args.ell0_data, "--ell0-data")
+    output_path(args.out, "--out", inputs=[("--weights", args.weights), ("--ell0-data", args.ell0_data)],
+                overwrite=args.overwrite)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
+        check_arguments(args)
         import torch
 
         from .checkpoint import CheckpointInfo, estimate_ell0, save_checkpoint
         from .data import load_samples, uint8_to_float
         from .models import build_model, load_backbone_weights
 
-        num_classes = args.num_classes or (10 if args.arch.startswith(("cifar_", "tiny")) else 1000)
-        size = args.image_size or DEFAULT_IMAGE_SIZE.get(args.arch, 32)
+        num_classes = args.num_classes if args.num_classes is not None else (
+            10 if args.arch.startswith(("cifar_", "tiny")) else 1000)
+        size = args.image_size if args.image_size is not None else DEFAULT_IMAGE_SIZE.get(args.arch, 32)
         model = build_model(args.arch, num_classes)
         norm = {}
         if args.weights:
@@ -69,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         ell0 = None
         meta = {"source_weights": args.weights}
         if args.ell0_data:
-            s = load_samples(args.ell0_data, require_labels=True, num_classes=num_classes)
+            s = load_samples(args.ell0_data, require_labels=True, num_classes=num_classes,
+                             no_labels_hint="ℓ0 is the mean realness of real images at their true labels; give a "
+                                            "labelled --ell0-data (arr_1 or labels)")
             if s.images.shape[1:3] != (size, size):
                 raise CCFastError(f"{args.ell0_data}: images are {s.images.shape[1]}×{s.images.shape[2]}, model expects {size}×{size}")
             k = min(len(s), args.ell0_max)

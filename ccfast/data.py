@@ -36,8 +36,10 @@ class SampleSet:
         return int(self.images.shape[0])
 
 
-def load_samples(path: str | os.PathLike, require_labels: bool = False, num_classes: int | None = None) -> SampleSet:
-    """Read a sample file in either layout and validate it; every problem names the file."""
+def load_samples(path: str | os.PathLike, require_labels: bool = False, num_classes: int | None = None,
+                 no_labels_hint: str = "this command needs one label per image") -> SampleSet:
+    """Read a sample file in either layout and validate it; every problem names the file. `no_labels_hint`
+    ends the error for a file without labels when `require_labels` (what the calling command can do instead)."""
     path = Path(path)
     if not path.exists():
         raise CCFastError(f"{path}: no such file")
@@ -63,8 +65,7 @@ def load_samples(path: str | os.PathLike, require_labels: bool = False, num_clas
     if labels is None:
         if require_labels:
             raise CCFastError(
-                f"{path}: no labels ('{LABEL_KEYS[image_key]}'); class-conditional refinement needs the generator's "
-                "labels, or use --labels argmax to take the classifier's prediction"
+                f"{path}: no labels ('{LABEL_KEYS[image_key]}'); {no_labels_hint}"
             )
     else:
         labels = validate_labels(labels, len(images), num_classes, str(path))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .cli import run_main
 from .errors import CCFastError
+from .validation import input_path, integer, output_path
 
 PROG = "python -m ccfast.export"
 
@@ -70,9 +71,35 @@ def _say(args, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _check_output(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise CCFastError(f"{path} exists; pass --overwrite to replace it")
+def check_arguments(args) -> None:
+    """Every option and output checked before the graph or the plan is written (issue #14)."""
+    if not args.onnx and not args.trt:
+        raise CCFastError("nothing to do: pass --onnx OUT.onnx (with --checkpoint) and/or --trt OUT.plan")
+    if args.checkpoint and not args.onnx:
+        args.onnx = str(Path(args.trt).with_suffix(".onnx"))
+    if not args.checkpoint and args.verify:
+        raise CCFastError("--verify needs --checkpoint (the reference to compare with)")
+    inputs = [("--checkpoint", args.checkpoint)]
+    if args.checkpoint:
+        output_path(args.onnx, "--onnx", inputs=inputs, overwrite=args.overwrite)
+    elif not Path(args.onnx).exists():
+        raise CCFastError(f"{args.onnx}: no such ONNX file; pass --checkpoint to write it")
+    else:
+        input_path(args.onnx, "--onnx")
+    if args.trt:
+        from .batch_buckets import parse_buckets
+
+        try:
+            parse_buckets(args.batch_buckets)
+        except CCFastError as exc:
+            raise CCFastError(f"--batch-buckets: {exc}") from None
+        integer(args.trt_opt_level, "--trt-opt-level", at_least=0, at_most=5)
+        if args.workspace_mib is not None:
+            integer(args.workspace_mib, "--workspace-mib", at_least=1)
+        output_path(args.trt, "--trt", inputs=[*inputs, ("--onnx", args.onnx), ("--timing-cache", args.timing_cache)],
+                    overwrite=args.overwrite, sidecars=(".json",))
+        if args.timing_cache:
+            output_path(args.timing_cache, "--timing-cache", inputs=[*inputs, ("--onnx", args.onnx)], overwrite=True)
 
 
 def write_graph(args) -> Path:
@@ -80,7 +107,6 @@ def write_graph(args) -> Path:
     from .onnx_export.build import export_step_graph
 
     onnx_path = Path(args.onnx)
-    _check_output(onnx_path, args.overwrite)
     model, info = load_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
     _say(args, f"exporting the step graph of {info.arch} ({info.image_size[0]}×{info.image_size[1]}, {info.num_classes} classes, {args.dtype}) ...")
@@ -102,24 +128,13 @@ def write_graph(args) -> Path:
 def body(args) -> int:
     logging.basicConfig(level=logging.ERROR if args.quiet else (logging.INFO if args.verbose else logging.WARNING),
                         format="%(name)s: %(message)s")
-    if not args.onnx and not args.trt:
-        raise CCFastError("nothing to do: pass --onnx OUT.onnx (with --checkpoint) and/or --trt OUT.plan")
-    if args.checkpoint and not args.onnx:
-        args.onnx = str(Path(args.trt).with_suffix(".onnx"))
-    if args.checkpoint:
-        onnx_path = write_graph(args)
-    else:
-        if args.verify:
-            raise CCFastError("--verify needs --checkpoint (the reference to compare with)")
-        onnx_path = Path(args.onnx)
-        if not onnx_path.exists():
-            raise CCFastError(f"{onnx_path}: no such ONNX file; pass --checkpoint to write it")
+    check_arguments(args)
+    onnx_path = write_graph(args) if args.checkpoint else Path(args.onnx)
     if args.trt:
         from .batch_buckets import parse_buckets
         from .onnx_export.tensorrt_build import build_plan
 
         plan = Path(args.trt)
-        _check_output(plan, args.overwrite)
         buckets = parse_buckets(args.batch_buckets)
         ccs = [c.strip() for c in args.trt_compute_capability.split(",")] if args.trt_compute_capability else None
         _say(args, f"building a TensorRT plan from {onnx_path} (profiles for batch {buckets}; can take minutes) ...")

@@ -49,7 +49,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Strict JSON (non-finite floats are written as null, never as bare NaN/Infinity), atomically."""
+    from .validation import json_safe
+
+    write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def file_fingerprint(path: str | os.PathLike, full_hash: bool = True) -> str:

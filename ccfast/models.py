@@ -218,6 +218,9 @@ def load_weights_file(path: str | os.PathLike):
     path = Path(path)
     if not path.exists():
         raise CCFastError(f"{path}: no such weights file")
+    from .validation import torch_file
+
+    torch_file(path, "a weights file saved by PyTorch (.pt, .pth, .th)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/alien files

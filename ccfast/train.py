@@ -18,6 +18,7 @@ from .devices import init_distributed, resolve_device, shutdown_distributed
 from .models import ARCHS
 from .training.config import (AMP_MODES, AUGMENTATIONS, BATCHNORM_MODES, MODE_DEFAULTS, MODES, OPTIMIZERS,
                               REAL_ATTACKS, REALNESS_READINGS, TrainConfig)
+from .validation import input_path, output_path
 
 PROG = "python -m ccfast.train"
 
@@ -162,7 +163,20 @@ def config_from_args(args) -> TrainConfig:
             base = TrainConfig.from_dict(record["config"])
     if base is None:
         base = TrainConfig.for_mode(given.get("mode", "joint"))
-    return base.replace(**given).validate()
+    # Absolute input paths in config.json: `--resume` from another directory reads the same files (a record
+    # written with relative paths resolves them against the current directory, as before).
+    base = base.with_absolute_paths()
+    return base.replace(**given).with_absolute_paths().validate()
+
+
+def check_files(cfg: TrainConfig) -> None:
+    """The run directory is not a file and is none of the inputs; every input exists (issue #14)."""
+    inputs = [(f"--{role.replace('_', '-')}", p) for role in ("real", "fake", "ell0_data") for p in getattr(cfg, role)]
+    inputs.append(("--init", cfg.init))
+    for option, path in inputs:
+        if path is not None:
+            input_path(path, option, folder_ok=True)
+    output_path(cfg.out, "--out", inputs=inputs, directory=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = init_distributed(resolve_device(cfg.device).type)
         trainer = None
         try:
+            check_files(cfg)
             trainer = Trainer(cfg, ctx, resume=args.resume, overwrite=args.overwrite)
             trainer.run()
         except KeyboardInterrupt:

@@ -2,8 +2,11 @@
 
     python -m ccfast.viz --before samples.npz --after refined.npz --out grid.png [--n 32] [--diff-gain 10]
 
-Rows: before, after, and |after − before| amplified by --diff-gain (refinement steps of ε ≈ 1.5 in L2 over
-3×32×32 pixels are often invisible at 1×).
+The PNG has three rows of --n images each, images --start .. --start + n − 1 of both files:
+  row 1  the images of --before (e.g. the generator's samples)
+  row 2  the same images from --after (e.g. refined by python -m ccfast.refine)
+  row 3  |after − before| per pixel, multiplied by --diff-gain (refinement steps of ε ≈ 1.5 in L2 over
+         3×32×32 pixels are often invisible at 1×): black where nothing changed
 """
 
 from __future__ import annotations
@@ -57,19 +60,38 @@ def main(argv=None) -> int:
     from .cli import run_main
     from .data import load_samples
 
-    p = argparse.ArgumentParser(prog="python -m ccfast.viz", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ccfast.viz", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="unrefined samples .npz")
     p.add_argument("--after", required=True, help="refined samples .npz")
     p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--n", type=int, default=16, help="images per row (default 16)")
     p.add_argument("--start", type=int, default=0, help="first image index")
     p.add_argument("--diff-gain", type=float, default=10.0, help="amplification of |after − before| (default 10)")
-    p.add_argument("--scale", type=int, default=2, help="pixel upscaling (default 2)")
+    p.add_argument("--scale", type=int, default=2, help="pixel upscaling, 1-16 (default 2)")
     args = p.parse_args(argv)
 
     def body():
-        a = load_samples(args.before).images[args.start:args.start + args.n]
-        b = load_samples(args.after).images[args.start:args.start + args.n]
+        from .errors import CCFastError
+        from .validation import integer, number, output_path
+
+        integer(args.n, "--n", at_least=1, at_most=4096)
+        integer(args.start, "--start", at_least=0)
+        integer(args.scale, "--scale", at_least=1, at_most=16)
+        number(args.diff_gain, "--diff-gain", at_least=0)
+        output_path(args.out, "--out", inputs=[("--before", args.before), ("--after", args.after)],
+                    overwrite=args.overwrite, suffix=".png")
+        before, after = load_samples(args.before).images, load_samples(args.after).images
+        if before.shape[1:] != after.shape[1:]:
+            raise CCFastError(f"--before {args.before} holds {before.shape[1]}×{before.shape[2]} images but --after "
+                              f"{args.after} holds {after.shape[1]}×{after.shape[2]}; compare files of one image size")
+        n_both = min(len(before), len(after))  # a refined file may hold only the first images of the samples
+        if args.start >= n_both:
+            raise CCFastError(f"--start {args.start} is past the end: --before {args.before} holds {len(before)} images"
+                              f" and --after {args.after} {len(after)}; use --start 0..{n_both - 1}")
+        stop = min(args.start + args.n, n_both)
+        a, b = before[args.start:stop], after[args.start:stop]
         write_png(args.out, before_after_grid(a, b, args.diff_gain, args.scale))
         print(f"wrote {args.out}", file=sys.stderr)
 

@@ -89,6 +89,7 @@ def test_interrupted_run_resumes_from_last_finished_chunk(tiny_ckpt, samples_fil
     # A changed setting does not silently mix with old chunks.
     Path(str(out) + ".partial").mkdir()
     (Path(str(out) + ".partial") / "manifest.json").write_text("{}")
+    shutil.copy(ref, Path(str(out) + ".partial") / "chunk_000000.npz")
     out.unlink()
     assert run(*args, "--output", out) == 2
 

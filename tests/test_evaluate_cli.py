@@ -79,7 +79,7 @@ def test_table_json_and_cache(run, tmp_path):
     assert same_row["inception_score"] is None and "Inception Score not computed" in out
     assert result["reference"]["from_cache"] is False and result["network"]["verified"] is False
     cache_file = result["reference"]["cache_file"]
-    code, _, _ = run("--ref", ref, "--samples", other, "--out", out_json)
+    code, _, _ = run("--ref", ref, "--samples", other, "--out", out_json, "--overwrite")  # an existing --out
     again = json.loads(out_json.read_text())
     assert code == 0 and again["reference"]["from_cache"] and again["reference"]["cache_file"] == cache_file
     assert again["results"][0]["fid"] == pytest.approx(other_row["fid"], rel=1e-12)
@@ -118,14 +118,15 @@ def test_openai_reference_batch_uses_stored_statistics(run, tmp_path):
     assert result["reference"]["layout"] == "openai-reference" and result["reference"]["fid_statistics"] == "precomputed"
     row = result["results"][0]
     assert row["precision"] is not None  # from the batch's images
-    code, out, err = run("--ref", tmp_path / "stats_only.npz", "--samples", tmp_path / "s.npz", "--out", out_json)
+    code, out, err = run("--ref", tmp_path / "stats_only.npz", "--samples", tmp_path / "s.npz", "--out", out_json,
+                         "--overwrite")
     assert code == 0, err
     stats_row = json.loads(out_json.read_text())["results"][0]
     assert stats_row["fid"] == pytest.approx(row["fid"], rel=1e-9) and stats_row["precision"] is None
     assert "precision/recall need reference images" in out
     # The FID is against the stored statistics, not the batch's own images.
     code, _, _ = run("--ref", tmp_path / "ref.npz", "--samples", tmp_path / "s.npz", "--ref-stats", "images",
-                     "--out", out_json)
+                     "--out", out_json, "--overwrite")
     assert json.loads(out_json.read_text())["results"][0]["fid"] != pytest.approx(row["fid"], rel=1e-3)
 
 

@@ -149,8 +149,8 @@ def refine(checkpoint: Path, inp: Path, out: Path, preset: str, overrides: dict,
 def evaluate(ref: Path, samples: list[Path], out_json: Path, device: str, batch_size: int, inception: str | None,
              allow_unverified: bool, cache_dir: Path, quiet: bool, log=print) -> dict[str, dict]:
     """One `ccfast.evaluate` call over several sample files; returns {resolved sample path: its result row}."""
-    args = ["--ref", ref, "--samples", *samples, "--out", out_json, "--device", device, "--batch-size", batch_size,
-            "--cache-dir", cache_dir]
+    args = ["--ref", ref, "--samples", *samples, "--out", out_json, "--overwrite", "--device", device,
+            "--batch-size", batch_size, "--cache-dir", cache_dir]  # out_json is rewritten by every call
     if inception:
         args += ["--inception", inception]
     if allow_unverified:

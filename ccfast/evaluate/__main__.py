@@ -7,6 +7,7 @@ The metrics follow SPEC §5 and the OpenAI evaluator; see docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from ..cli import run_main
 from ..devices import resolve_device
 from ..errors import CCFastError
+from ..validation import integer, npz_intact, output_path
 
 DESCRIPTION = """\
 Score generated images against a reference set with the standard TensorFlow-Inception metrics:
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use an --inception file whose hash is not a known inception-2015-12-05 port "
                         "(its numbers are not comparable with published ones)")
     p.add_argument("--out", metavar="JSON", help="write all metrics, settings and warnings here (atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64; 200-500 on a GPU)")
     p.add_argument("--ref-stats", choices=("precomputed", "images"), default="precomputed",
@@ -127,14 +130,25 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_arguments(args) -> None:
+    """Options, the output and the integrity of every input file, before any feature is computed (issue #14):
+    a corrupt samples file must not fail after minutes spent on the reference."""
+    integer(args.batch_size, "--batch-size", at_least=1)
+    inputs = [("--ref", args.ref), *(("--samples", s) for s in args.samples), ("--inception", args.inception)]
+    if args.out:
+        output_path(args.out, "--out", inputs=inputs, overwrite=args.overwrite)
+    for option, path in inputs:
+        if path is not None:
+            npz_intact(path, option)
+
+
 def _evaluate(args) -> int:
     from ..io_utils import write_json_atomic
     from .image_sources import open_eval_input
     from .inception import load_feature_network
     from .ref_stats import reference_statistics
 
-    if args.batch_size < 1:
-        raise CCFastError(f"--batch-size must be positive, got {args.batch_size}")
+    check_arguments(args)
     started = time.perf_counter()
     # Inspect every input first (headers only), so that a bad file fails before minutes of feature extraction.
     ref_input = open_eval_input(args.ref, "reference")
@@ -174,6 +188,12 @@ def _evaluate(args) -> int:
         "results": rows,
         "seconds_total": round(time.perf_counter() - started, 3),
     }
+    for r in rows:  # a NaN metric (e.g. a degenerate covariance) is a failure, not a result to file
+        bad = [k for k in ("fid", "precision", "recall", "inception_score")
+               if r[k] is not None and not math.isfinite(r[k])]
+        if bad:
+            raise CCFastError(f"--samples {r['samples']}: {', '.join(bad)} came out non-finite (NaN or inf); "
+                              f"{'nothing was written to ' + args.out if args.out else 'see the notes above'}")
     if args.out:
         write_json_atomic(args.out, result)
         print(f"wrote {args.out}")

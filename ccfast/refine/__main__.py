@@ -23,6 +23,7 @@ from ..devices import DistContext, init_distributed, resolve_device, shutdown_di
 from ..errors import CCFastError
 from ..io_utils import atomic_path, file_fingerprint, write_json_atomic
 from ..objectives import OBJECTIVES, REALNESS
+from ..validation import integer, output_path, require_finite
 
 PROG = "python -m ccfast.refine"
 
@@ -120,14 +121,37 @@ def _prepare_partial_dir(partial: Path, manifest: dict, overwrite: bool, ctx: Di
             except (OSError, ValueError):
                 old = None
             if old != manifest:
-                raise CCFastError(
-                    f"{partial} holds unfinished chunks of a run with other inputs or settings; "
-                    "pass --overwrite to discard them, or rerun with the original arguments to resume"
-                )
-        else:
+                if any(partial.glob("chunk_*.npz")):
+                    raise CCFastError(
+                        f"{partial} holds unfinished chunks of a run with other inputs or settings; "
+                        "pass --overwrite to discard them, or rerun with the original arguments to resume"
+                    )
+                shutil.rmtree(partial)  # no finished chunk (e.g. a run that failed early): nothing to keep
+        if not partial.exists():
             partial.mkdir(parents=True)
             write_json_atomic(mpath, manifest)
     ctx.barrier()
+
+
+# Engine options that name files the engine reads: the output must not replace them.
+FILE_ENGINE_OPTIONS = ("onnx", "plan")
+
+
+def check_arguments(args) -> tuple[RefineConfig, Path]:
+    """Every check that needs no model or data, before anything is loaded or written (issue #14)."""
+    integer(args.batch_size, "--batch-size", at_least=1)
+    config = config_from_args(args)
+    inputs = [("--input", args.input), ("--checkpoint", args.checkpoint)]
+    for item in args.engine_option:
+        key, _, value = item.partition("=")
+        if key.strip().replace("-", "_") in FILE_ENGINE_OPTIONS and value:
+            inputs.append((f"--engine-option {key.strip()}", value))
+    out = output_path(args.output, "--output", inputs=inputs, overwrite=args.overwrite, suffix=".npz",
+                      sidecars=(".json",))
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists() and not partial.is_dir():
+        raise CCFastError(f"--output {out}: {partial} is a file, where the run keeps its chunks; move it away")
+    return config, out
 
 
 def refine_file(args, ctx: DistContext) -> int:
@@ -136,20 +160,15 @@ def refine_file(args, ctx: DistContext) -> int:
     from . import Refiner
     from .base import STAT_FIELDS
 
-    out = Path(args.output)
-    if out.suffix != ".npz":
-        raise CCFastError(f"{out}: the output must be an .npz file")
-    if out.exists() and not args.overwrite:
-        raise CCFastError(f"{out} exists; pass --overwrite to replace it")
-    if args.batch_size < 1:
-        raise CCFastError(f"--batch-size must be >= 1, got {args.batch_size}")
-    config = config_from_args(args)
+    config, out = check_arguments(args)
     device = resolve_device(args.device, ctx)
     t0 = time.perf_counter()
     refiner = Refiner(args.checkpoint, engine=args.engine, config=config, device=device, batch_size=args.batch_size,
                       **parse_engine_options(args.engine_option))
     t_setup = time.perf_counter() - t0
-    samples = load_samples(args.input, require_labels=config.labels == "given", num_classes=refiner.info.num_classes)
+    samples = load_samples(args.input, require_labels=config.labels == "given", num_classes=refiner.info.num_classes,
+                           no_labels_hint="class-conditional refinement needs the generator's labels, or use "
+                                          "--labels argmax to take the classifier's prediction")
     n = len(samples)
     n_chunks = (n + args.batch_size - 1) // args.batch_size
     manifest = {
@@ -166,17 +185,24 @@ def refine_file(args, ctx: DistContext) -> int:
     bar = tqdm(total=sum(min(args.batch_size, n - i * args.batch_size) for i in mine), initial=done_here, unit="img",
                desc=f"refine[{args.engine}]", disable=args.quiet or not ctx.is_main, file=sys.stderr)
     t1 = time.perf_counter()
-    for i in todo:
-        sl = slice(i * args.batch_size, min(n, (i + 1) * args.batch_size))
-        labels = samples.labels[sl] if samples.labels is not None else None
-        res = refiner.refine(samples.images[sl], labels, indices=np.arange(sl.start, sl.stop))
-        arrays = {"images": res.uint8(), "labels": res.labels.cpu().numpy(), **res.stats_numpy()}
-        if args.save_float:
-            arrays["float_images"] = res.images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
-        with atomic_path(_chunk_path(partial, i), suffix=".npz") as tmp:
-            np.savez(tmp, **arrays)
-        bar.update(sl.stop - sl.start)
-    bar.close()
+    try:  # closed on an interrupt too, so that the message after the bar starts on its own line
+        for i in todo:
+            sl = slice(i * args.batch_size, min(n, (i + 1) * args.batch_size))
+            labels = samples.labels[sl] if samples.labels is not None else None
+            res = refiner.refine(samples.images[sl], labels, indices=np.arange(sl.start, sl.stop))
+            floats = res.images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+            stats = res.stats_numpy()
+            # NaN images would be quantised to 0 and look like a result: refuse instead.
+            require_finite(f"{args.output}: refining images {sl.start}..{sl.stop - 1} of {args.input}",
+                           f"Check the checkpoint {args.checkpoint} and the step options", images=floats, **stats)
+            arrays = {"images": res.uint8(), "labels": res.labels.cpu().numpy(), **stats}
+            if args.save_float:
+                arrays["float_images"] = floats
+            with atomic_path(_chunk_path(partial, i), suffix=".npz") as tmp:
+                np.savez(tmp, **arrays)
+            bar.update(sl.stop - sl.start)
+    finally:
+        bar.close()
     t_refine = time.perf_counter() - t1
     ctx.barrier()
     if ctx.is_main:
@@ -226,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutdown_distributed(ctx)
 
-    return run_main(PROG, body)
+    return run_main(PROG, body, interrupted="interrupted; finished chunks are kept and a rerun of the same command "
+                                            "resumes from them")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ Two modes (`mode`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import os
+from dataclasses import dataclass, field, fields
 
 from ..config_json import JsonConfig
 from ..errors import CCFastError
@@ -163,6 +165,11 @@ class TrainConfig(JsonConfig):
                         "has no generated images; leave it at 0")
         if not self.out:
             bad("no run directory given (--out)")
+        for f in fields(self):  # NaN passes every `<` and `>` test below, so finiteness comes first
+            value = getattr(self, f.name)
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                bad(f"{f.name} (--{f.name.replace('_', '-')}) must be finite, got {value}")
         for name in ("real_eps", "real_step", "fake_eps", "fake_step", "lr", "lr_gamma"):
             if not getattr(self, name) > 0:
                 bad(f"{name} must be > 0, got {getattr(self, name)}")
@@ -192,6 +199,12 @@ class TrainConfig(JsonConfig):
         if min(self.lr_milestones, default=1) < 1:
             bad(f"lr_milestones must be iterations >= 1, got {self.lr_milestones}")
         return self
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """Input paths made absolute (against the current directory), so that a run resumes from any directory."""
+        return self.replace(real=[os.path.abspath(p) for p in self.real], fake=[os.path.abspath(p) for p in self.fake],
+                            ell0_data=[os.path.abspath(p) for p in self.ell0_data],
+                            init=None if self.init is None else os.path.abspath(self.init))
 
     @property
     def classifier_only(self) -> bool:

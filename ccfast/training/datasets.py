@@ -101,7 +101,8 @@ def _load_one(path: Path, role: str) -> LabelledImages:
             keys = set(npz.files)
         if "data" in keys and not keys & {"images", "arr_0"}:
             return _load_imagenet_batch(path, where)
-        samples = load_samples(path, require_labels=True)
+        samples = load_samples(path, require_labels=True,
+                               no_labels_hint="training needs one label per image (arr_1 or labels in the .npz)")
         return LabelledImages(samples.images, samples.labels, [str(path)])
     return _load_imagenet_batch(path, where)
 

@@ -34,6 +34,7 @@ from ..data import validate_labels
 from ..devices import DistContext, resolve_device
 from ..errors import CCFastError
 from ..objectives import loss_fake_ref, realness_score_ref
+from ..validation import json_safe
 from .attacks import attack_pair, attack_real, random_start
 from .config import TrainConfig
 from .datasets import (BatchStream, LabelledImages, augment, crop_pad, draw_augmentation, load_labelled, rank_slice,
@@ -152,7 +153,12 @@ class Trainer:
         if not resume:
             raise CCFastError(f"{self.run_dir} already holds a training run; pass --resume to continue it, "
                               "--overwrite to start it again, or choose another --out")
-        check_resume_matches(TrainConfig.from_dict(record["config"]), self.cfg, self.run_dir)
+        if resume and not (self.run_dir / STATE_FILE).exists():
+            raise CCFastError(
+                f"--resume: {self.run_dir} holds a run but no {STATE_FILE} (it stopped before its first checkpoint, "
+                f"every --ckpt-every iterations), so there is nothing to resume; pass --overwrite to start it again")
+        saved = TrainConfig.from_dict(record["config"]).with_absolute_paths()
+        check_resume_matches(saved, self.cfg.with_absolute_paths(), self.run_dir)
         check_data_matches(record.get("data", {}), self.data_summary, self.run_dir)
 
     def _build_model(self) -> None:
@@ -381,7 +387,7 @@ class Trainer:
 
     def _append_metrics(self, record: dict) -> None:
         with open(self.run_dir / METRICS_FILE, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(json_safe(record), allow_nan=False) + "\n")  # strict JSON: NaN becomes null
 
     # ------------------------------------------------------------------ the loop
 
@@ -417,30 +423,33 @@ class Trainer:
                    disable=cfg.quiet or not self.ctx.is_main, dynamic_ncols=True)
         window = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=self.device)
         window_iters, window_start, last_eval = 0, time.perf_counter(), None
-        while self.iteration < cfg.iters:
-            window += self.train_step(self.iteration).double()
-            self.iteration += 1
-            window_iters += 1
-            bar.update(1)
-            at_ckpt = self.iteration % cfg.ckpt_every == 0 or self.iteration == cfg.iters
-            if at_ckpt or self.iteration % cfg.log_every == 0:
-                record = self._log_window(window, window_iters, time.perf_counter() - window_start)
-                if self.ctx.is_main:
-                    postfix = {"loss": f"{record['loss']:.3f}", "acc_r": f"{record['acc_real_adv']:.3f}"}
-                    if not cfg.classifier_only:
-                        postfix.update(gap=f"{record['realness_gap']:.3f}", steps=f"{record['fake_steps_taken']:.1f}")
-                    bar.set_postfix(postfix)
-                window.zero_()
-                window_iters, window_start = 0, time.perf_counter()
-            if at_ckpt:
-                last_eval = self.checkpoint() or last_eval
-                window_start = time.perf_counter()  # evaluation and saving are not training time
-                if self.ctx.is_main and last_eval and last_eval["ell0"] is not None:
-                    versus = "" if last_eval["gen_D"] is None else f" vs generated {last_eval['gen_D']:.4f}"
-                    bar.write(f"iteration {self.iteration}: ℓ0 {last_eval['ell0']:.4f}, held-out accuracy "
-                              f"{last_eval['heldout_acc']:.4f}, clean D real {last_eval['heldout_D']:.4f}{versus}",
-                              file=sys.stderr)
-        bar.close()
+        try:  # closed on an interrupt too, so that the message after the bar starts on its own line
+            while self.iteration < cfg.iters:
+                window += self.train_step(self.iteration).double()
+                self.iteration += 1
+                window_iters += 1
+                bar.update(1)
+                at_ckpt = self.iteration % cfg.ckpt_every == 0 or self.iteration == cfg.iters
+                if at_ckpt or self.iteration % cfg.log_every == 0:
+                    record = self._log_window(window, window_iters, time.perf_counter() - window_start)
+                    if self.ctx.is_main:
+                        postfix = {"loss": f"{record['loss']:.3f}", "acc_r": f"{record['acc_real_adv']:.3f}"}
+                        if not cfg.classifier_only:
+                            postfix.update(gap=f"{record['realness_gap']:.3f}",
+                                           steps=f"{record['fake_steps_taken']:.1f}")
+                        bar.set_postfix(postfix)
+                    window.zero_()
+                    window_iters, window_start = 0, time.perf_counter()
+                if at_ckpt:
+                    last_eval = self.checkpoint() or last_eval
+                    window_start = time.perf_counter()  # evaluation and saving are not training time
+                    if self.ctx.is_main and last_eval and last_eval["ell0"] is not None:
+                        versus = "" if last_eval["gen_D"] is None else f" vs generated {last_eval['gen_D']:.4f}"
+                        bar.write(f"iteration {self.iteration}: ℓ0 {last_eval['ell0']:.4f}, held-out accuracy "
+                                  f"{last_eval['heldout_acc']:.4f}, clean D real {last_eval['heldout_D']:.4f}{versus}",
+                                  file=sys.stderr)
+        finally:
+            bar.close()
         if self.ctx.is_main:
             self.log(f"ccfast.train: wrote {self.run_dir / MODEL_FILE} (ℓ0 {last_eval and last_eval['ell0']}), "
                      f"{self.run_dir / STATE_FILE}, {self.run_dir / METRICS_FILE}")
