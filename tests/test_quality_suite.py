@@ -100,12 +100,26 @@ def test_sampler_seeds_do_not_depend_on_batch_size():
     assert not np.array_equal(c, a)
 
 
+def test_settings_round_trip_through_json_with_their_tuples():
+    """The stage records and generator files store these settings as JSON (lists); reading them back must give
+    equal (hashable, tuple-valued) settings, and an unknown key is an error rather than silently dropped."""
+    from ccfast.errors import CCFastError
+
+    act = ACTConfig(d_channels=8, d_channel_mult=(1, 2))
+    for cfg in (TINY_UNET, act, ICTConfig(batch_size=4), NoiseSchedule(sigma_max=40.0)):
+        back = type(cfg).from_json(cfg.to_json())
+        assert back == cfg and hash(back) == hash(cfg)
+    assert UNetConfig.from_dict(json.loads(TINY_UNET.to_json())).channel_mult == (1, 2)
+    with pytest.raises(CCFastError, match="unknown UNetConfig keys"):
+        UNetConfig.from_dict({**TINY_UNET.to_dict(), "width": 3})
+
+
 # ------------------------------------------------------------------------------------------- generator training
 
 
 def _tiny_run(name="ct", act=None, iters=4):
     return GeneratorRun(name=name, unet=TINY_UNET, ict=ICTConfig(batch_size=4, s0=2, s1=8, warmup_iters=2), act=act,
-                        iters=iters, checkpoint_every_s=1e9)
+                        iters=iters)
 
 
 def _images(n=16, seed=0):

@@ -11,7 +11,9 @@ Choices that depart from the papers because of the budget or the 32×32 data are
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
+
+from ccfast.config_json import JsonConfig
 
 from .act import ACTConfig
 from .consistency import ICTConfig
@@ -50,7 +52,7 @@ def joint_flags(iters: int, ell0_holdout: int = 2000) -> list[str]:
 
 
 @dataclass
-class SuiteConfig:
+class SuiteConfig(JsonConfig):
     smoke: bool = False
     seed: int = 0
     # generators (stages gen_ct, gen_act)
@@ -83,9 +85,6 @@ class SuiteConfig:
     sweep: dict = field(default_factory=lambda: {"paper": [5, 10, 50], "bigroc": [3, 14], "sgld": [5, 30]})
     # evaluation
     eval_batch: int = 250
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def default_config() -> SuiteConfig:
