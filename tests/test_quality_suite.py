@@ -240,18 +240,58 @@ def _suite_args(out: Path, *extra) -> list[str]:
     return ["--data-dir", str(SHARED_DATA), "--out-dir", str(out), "--smoke", "--quiet", *extra]
 
 
-def test_refine_jobs_cover_rows_and_sweep():
+def test_refine_plan_covers_every_group_once():
+    from benchmarks.quality.plan import budget_point_name
     from benchmarks.quality.run import refine_jobs
     from benchmarks.quality.suite_config import default_config
 
-    jobs = {j["name"]: j for j in refine_jobs(default_config())}
-    for steps in (1, 2):
-        for method in ("bigroc", "paper", "sgld"):
-            assert jobs[f"ct_{steps}step_{method}"]["overrides"] == {}  # the presets exactly as ccfast defines them
-    assert jobs["ct_1step_paper_T50"]["overrides"] == {"steps": 50}
-    assert jobs["ct_1step_sgld_T5"]["overrides"] == {"steps": 5}
-    bigroc = jobs["ct_1step_bigroc_T3"]["overrides"]
-    assert bigroc["steps"] == 3 and math.isclose(bigroc["alpha"], 1.5 * 1.5 / 3)  # α = 1.5·ε/T follows T
+    cfg = default_config()
+    cfg.fast_engines = ("triton",)
+    jobs = {j.name: j for j in refine_jobs(cfg, alpha_scale=2.0)}
+    assert len(jobs) == len(refine_jobs(cfg, alpha_scale=2.0))  # names are unique
+    for k, suffix in enumerate(("", "_s1", "_s2")):
+        for steps in (1, 2):
+            for method in ("bigroc", "paper", "sgld"):
+                job = jobs[f"ct_{steps}step{suffix}_{method}"]  # the presets exactly as ccfast defines them
+                assert job.group == "main" and job.seed_index == k and job.engine == "torch"
+                # only SGLD draws noise: its seed follows the sample seed, so each seed is an independent repeat
+                assert job.overrides == ({"seed": cfg.sample_seed(k)} if method == "sgld" and k else {})
+    assert cfg.sample_seed(1) not in (cfg.seed + 1, cfg.seed + 2)  # not the joint model's training fakes
+    assert {j.name for j in jobs.values() if j.group == "engine"} == {
+        "ct_1step_bigroc_triton", "ct_1step_paper_triton", "ct_2step_bigroc_triton", "ct_2step_paper_triton"}
+    assert {j.name for j in jobs.values() if j.timed} == {n for n, j in jobs.items() if j.group == "engine"} | {
+        f"ct_{s}step_{m}" for s in (1, 2) for m in ("bigroc", "paper", "sgld")}
+    # equal budget: BIGROC's α = 1.5·ε/T follows T; the paper keeps α = 0.1; scaled takes α = c·ε/T
+    big = jobs["ct_2step_T3_bigroc"]
+    assert big.classifier == "robust" and big.overrides["steps"] == 3 and math.isclose(big.overrides["alpha"], 0.75)
+    assert jobs["ct_2step_s2_T10_paper"].overrides == {"steps": 10}
+    assert math.isclose(jobs["ct_2step_s1_T5_scaled"].overrides["alpha"], 2.0 * 1.5 / 5)
+    ce, eq12 = jobs["ct_2step_T5_joint_ce"], jobs["ct_2step_T5_robust_eq12"]
+    assert (ce.classifier, ce.preset, eq12.classifier, eq12.preset) == ("joint", "bigroc", "robust", "paper")
+    assert "ct_2step_s1_T5_joint_ce" not in jobs  # ablations: first seed only
+    # the presets' own budgets are the main rows, not repeated
+    assert "ct_2step_T7_bigroc" not in jobs and "ct_2step_T25_paper" not in jobs
+    assert budget_point_name(cfg, "ct_2step", "bigroc", 7) == "ct_2step_bigroc"
+    assert budget_point_name(cfg, "ct_2step_s1", "paper", 25) == "ct_2step_s1_paper"
+    # c is chosen on 1-step samples only, for every grid value and calibration budget
+    calib = [j for j in jobs.values() if j.group == "calibrate"]
+    assert {j.input for j in calib} == {"ct_1step"}
+    assert {(j.alpha_scale, j.budget) for j in calib} == {(c, t) for c in cfg.alpha_scales for t in cfg.calibrate_budgets}
+    # before calibration the scaled jobs are planned without α (the suite holds them back)
+    assert all("alpha" not in j.overrides for j in refine_jobs(cfg) if j.method == "scaled" and j.group == "budget")
+
+
+def test_budget_minutes_list_makes_smaller_generators_and_their_rows(tmp_path):
+    from benchmarks.quality.plan import raw_samples
+    from benchmarks.quality.run import build_parser, config_from_args, refine_jobs
+
+    cfg = config_from_args(build_parser().parse_args(["--data-dir", "d", "--out-dir", "o", "--budget-minutes", "2,5",
+                                                      "--device", "cpu", "--no-act", "--seeds", "2"]))
+    assert cfg.gen_minutes == 5 and cfg.extra_gen_minutes() == (2.0,) and not cfg.train_act and cfg.n_seeds == 2
+    assert cfg.fast_engines == ()  # on a CPU the default engine is the reference alone
+    assert raw_samples(cfg) == ["ct_1step", "ct_2step", "ct_1step_s1", "ct_2step_s1", "ct_m2_1step", "ct_m2_2step"]
+    minutes = {j.name for j in refine_jobs(cfg) if j.group == "minutes"}
+    assert minutes == {f"ct_m2_{s}step_{m}" for s in (1, 2) for m in ("bigroc", "paper")}
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10" / "test.npz").exists(), reason="shared CIFAR-10 data not present")
@@ -285,7 +325,7 @@ def test_smoke_suite_end_to_end_pauses_and_resumes(tmp_path, capsys):
     md = (results / "quality.md").read_text()
     assert "SMOKE RUN" in md and "published, not measured here" in md
     assert "13.0 / 11.1" in md and "Consistency Distillation" not in (results / "quality.csv").read_text()  # kept apart
-    for name in ("grid.png", "quality_sweep.csv", "published_imagenet64.csv"):
+    for name in ("grid.png", "quality_budget.csv", "published_imagenet64.csv"):
         assert (results / name).stat().st_size > 0, name
     if importlib.util.find_spec("matplotlib") is not None:  # the plot needs matplotlib; without it the report says so
         assert (results / "fid_vs_steps.png").stat().st_size > 0
@@ -312,7 +352,8 @@ def test_smoke_suite_in_two_lanes_gives_the_one_lane_stages(tmp_path):
     assert main(_suite_args(out, "--lanes", "2")) == 0
     logs = (out / "logs" / "lane0.log").read_text() + (out / "logs" / "lane1.log").read_text()
     records = {p.stem for p in (out / "stages").glob("*.json")}
-    jobs = [j["name"] for j in refine_jobs(smoke_config())]
+    jobs = [j.name for j in refine_jobs(smoke_config(), alpha_scale=json.loads(
+        (out / "stages" / "calibrate.json").read_text())["info"]["alpha_scale"])]
     assert {"data", "gen_ct", "samples_ct", "gen_act", "samples_act", "clf_robust", "clf_joint"} <= records
     assert {f"refine_{j}" for j in jobs} <= records and {f"eval_{j}" for j in jobs} <= records
     assert "--refine-methods bigroc" in logs and "--refine-methods paper,sgld" in logs

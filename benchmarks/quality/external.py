@@ -122,7 +122,7 @@ def training_facts(run_dir: Path) -> dict:
 
 
 def refine(checkpoint: Path, inp: Path, out: Path, preset: str, overrides: dict, batch_size: int, device: str,
-           config_key: str, quiet: bool, log=print) -> dict:
+           config_key: str, quiet: bool, log=print, engine: str = "torch") -> dict:
     """One `ccfast.refine` call; returns its OUT.npz.json (timings, mean steps)."""
     if not claim(out, config_key):
         partial = out.with_name(out.name + ".partial")
@@ -131,7 +131,7 @@ def refine(checkpoint: Path, inp: Path, out: Path, preset: str, overrides: dict,
     for stale in (out, Path(str(out) + ".json")):
         stale.unlink(missing_ok=True)  # a finished output of an older config
     args = ["--checkpoint", checkpoint, "--input", inp, "--output", out, "--preset", preset,
-            "--batch-size", batch_size, "--device", device]
+            "--batch-size", batch_size, "--device", device, "--engine", engine]
     for key, value in overrides.items():
         args += [f"--{key.replace('_', '-')}", value]
     if quiet:
