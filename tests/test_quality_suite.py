@@ -294,6 +294,57 @@ def test_budget_minutes_list_makes_smaller_generators_and_their_rows(tmp_path):
     assert minutes == {f"ct_m2_{s}step_{m}" for s in (1, 2) for m in ("bigroc", "paper")}
 
 
+def _fake_result(out: Path, name: str, fid: float, steps: float = 0.0, loop_s: float = 1.0, timings: dict | None = None,
+                 config: dict | None = None) -> None:
+    """What the eval (and, with steps, refine) stages leave behind for NAME, as report.py reads it."""
+    for stage in [f"eval_{name}"] + ([f"refine_{name}"] if steps else []):
+        (out / "stages").mkdir(parents=True, exist_ok=True)
+        (out / "stages" / f"{stage}.json").write_text(json.dumps({"name": stage, "info": {}, "env": {}}))
+    (out / "metrics").mkdir(exist_ok=True)
+    (out / "metrics" / f"{name}.json").write_text(json.dumps({"fid": fid, "precision": 0.5, "recall": 0.1,
+                                                              "num_samples": 10000}))
+    if steps:
+        (out / "refined").mkdir(exist_ok=True)
+        meta = {"summary": {"mean_steps": steps, "n": 10000, "unchanged_fraction": 0.0, "stopped_fraction": 0.0,
+                            "mean_realness_init": 0.0, "mean_realness_final": 1.0},
+                "timings": {"refine_s_rank0": loop_s, **(timings or {})},
+                "config": {"alpha": 0.1, "early_stop": "realness", **(config or {})}}
+        (out / "refined" / f"{name}.npz.json").write_text(json.dumps(meta))
+
+
+def test_report_aggregates_seeds_and_says_which_differences_exceed_the_spread(tmp_path):
+    from benchmarks.quality import report
+    from benchmarks.quality.run import refine_jobs
+    from benchmarks.quality.suite_config import default_config
+
+    cfg = default_config()
+    cfg.fast_engines, cfg.train_act, cfg.methods = ("triton",), False, ("bigroc", "paper")
+    for k, suffix in enumerate(("", "_s1", "_s2")):
+        _fake_result(tmp_path, f"ct_2step{suffix}", 100.0 + k)
+        _fake_result(tmp_path, f"ct_2step{suffix}_bigroc", 90.0 + k, steps=7)     # 90, 91, 92: std 1
+        _fake_result(tmp_path, f"ct_2step{suffix}_paper", 80.0 + 0.5 * k, steps=20)  # 10 below: > 2 std
+        _fake_result(tmp_path, f"ct_2step{suffix}_T3_bigroc", 95.0 + 2 * k, steps=3)
+        _fake_result(tmp_path, f"ct_2step{suffix}_T3_paper", 95.5 + 2 * k, steps=3)  # 0.5 above: within
+    _fake_result(tmp_path, "ct_2step_paper_triton", 80.4, steps=20, loop_s=0.5, timings={"compile_s": 20.0})
+    run = report.RunData(tmp_path)
+    rows = {r["samples"]: r for r in report.main_rows(run, cfg)}
+    big, pgd = rows["ct_2step_bigroc"], rows["ct_2step_paper"]
+    assert (big["fid"], big["fid_std"], big["n_seeds"]) == (91.0, 1.0, 3) and big["fid_per_seed"] == "90.000;91.000;92.000"
+    assert math.isclose(big["fid_change_vs_unrefined_pct"], -10.0 / 101.0 * 100)
+    assert report.exceeds_spread(pgd, big) is True
+    points = {(p["method"], p["budget"]): p for p in report.budget_points(run, cfg)}
+    assert points[("bigroc", 7)]["samples"] == "ct_2step_bigroc"  # the preset's own budget is its main row
+    assert report.exceeds_spread(points[("paper", 3)], points[("bigroc", 3)]) is False
+    assert points[("paper", 3)]["early_stopping"] and points[("unrefined", 0)]["fid"] == 101.0
+    text = " ".join(report.budget_findings(list(points.values()), cfg, None))
+    assert "T = 3:" in text and "within the seed spread" in text
+    (eng,) = report.engine_rows(run, refine_jobs(cfg, alpha_scale=1.0))
+    assert eng["samples"] == "ct_2step" and math.isclose(eng["fid_change_pct"], 0.5) and eng["within_1pct"]
+    assert eng["engine_setup_seconds"] == 20.0 and eng["refine_seconds_per_10k_engine"] == 0.5
+    lines, _ = report.findings(run, list(rows.values()), cfg)
+    assert any("joint PGD's FID is lower than BIGROC's" in x and "exceeds the seed spread" in x for x in lines)
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10" / "test.npz").exists(), reason="shared CIFAR-10 data not present")
 def test_smoke_suite_end_to_end_pauses_and_resumes(tmp_path, capsys):
     from benchmarks.quality.run import EXIT_PAUSED, main
