@@ -84,7 +84,7 @@ class RunData:
 
     def classifier_minutes(self, kind: str) -> float | None:
         rec = self.record(f"clf_{kind}")
-        return rec["info"]["gpu_minutes"] if rec else None
+        return rec["info"].get("gpu_minutes") if rec else None  # None also for a given, untrained classifier
 
     def card(self, stage: str) -> str:
         rec = self.record(stage)
@@ -153,10 +153,11 @@ def seed_row(run: RunData, names: list[str]) -> dict | None:
 def main_rows(run: RunData, cfg) -> list[dict]:
     """The headline table: raw CT at 1/2 steps, ACT, and each preset on CT, as mean ± std over the seeds."""
     rows = []
-    specs = [(f"CT {s}-step", "ct", s, None) for s in (1, 2)]
+    lab = cfg.generator_label
+    specs = [(f"{lab} {s}-step", "ct", s, None) for s in (1, 2)]
     if cfg.train_act:
         specs += [(f"ACT {s}-step", "act", s, None) for s in (1, 2)]
-    specs += [(f"CT {s}-step + {METHOD_LABELS.get(m, m)}", "ct", s, m) for s in cfg.refine_steps for m in cfg.methods]
+    specs += [(f"{lab} {s}-step + {METHOD_LABELS.get(m, m)}", "ct", s, m) for s in cfg.refine_steps for m in cfg.methods]
     unrefined = {}
     for label, gen, steps, method in specs:
         seeds = range(cfg.n_seeds if gen == "ct" else 1)
@@ -282,7 +283,7 @@ def findings(run: RunData, rows: list[dict], cfg) -> tuple[list[str], list[str]]
                          f"at {pgd['grad_steps_per_image']:.1f} vs {big['grad_steps_per_image']:.1f} gradient steps per "
                          f"image; {_spread_words(pgd, big)}; the paper reports 11.2% on ImageNet 64)")
         if parts:
-            lines.append(f"CT {steps}-step, mean of {raw['n_seeds']} seed(s): " + "; ".join(parts) + ".")
+            lines.append(f"{cfg.generator_label} {steps}-step, mean of {raw['n_seeds']} seed(s): " + "; ".join(parts) + ".")
         act = by.get(f"act_{steps}step")
         if act:
             lines.append(f"ACT {steps}-step: FID {act['fid']:.2f} vs CT {raw['fid']:.2f} at the same training budget "
@@ -315,7 +316,7 @@ def findings(run: RunData, rows: list[dict], cfg) -> tuple[list[str], list[str]]
         meta = run.refine_meta(f"ct_{steps}step_paper")
         if meta:
             s = meta["summary"]
-            diag.append(f"joint PGD on CT {steps}-step (first seed): mean {s['mean_steps']:.2f} steps, "
+            diag.append(f"joint PGD on {cfg.generator_label} {steps}-step (first seed): mean {s['mean_steps']:.2f} steps, "
                         f"{100 * s['unchanged_fraction']:.1f}% untouched (already at ℓ_fake ≥ τ), "
                         f"{100 * s['stopped_fraction']:.1f}% early-stopped, mean ℓ_fake "
                         f"{s['mean_realness_init']:.3f} → {s['mean_realness_final']:.3f}, τ = {_fmt(meta.get('tau'), 4)}")
@@ -328,7 +329,7 @@ def budget_findings(points: list[dict], cfg, calibration: dict | None) -> list[s
     if calibration:
         lines.append(f"α = c·ε/T uses c = {calibration['alpha_scale']:g}, chosen on {calibration['calibration_samples']} "
                      f"samples (lowest mean FID over T = {', '.join(str(t) for t in cfg.calibrate_budgets)} among c = "
-                     f"{', '.join(f'{c:g}' for c in cfg.alpha_scales)}) and reported here on CT {cfg.budget_steps}-step "
+                     f"{', '.join(f'{c:g}' for c in cfg.alpha_scales)}) and reported here on {cfg.generator_label} {cfg.budget_steps}-step "
                      + ("samples, which played no part in choosing it." if cfg.budget_steps != cfg.calibrate_steps
                         else "samples: the SAME samples it was chosen on (these settings do not hold them apart)."))
     at = {(p["method"], p["budget"]): p for p in points}
@@ -356,7 +357,7 @@ def budget_findings(points: list[dict], cfg, calibration: dict | None) -> list[s
     return lines
 
 
-def why_joint_loses(run: RunData, rows: list[dict]) -> list[str]:
+def why_joint_loses(run: RunData, rows: list[dict], cfg) -> list[str]:
     """When joint PGD does not beat BIGROC: the measured facts that could explain it, each checked, not assumed."""
     by = {r["samples"]: r for r in rows}
     losing = [s for s in (1, 2) if by.get(f"ct_{s}step_paper") and by.get(f"ct_{s}step_bigroc")
@@ -382,11 +383,15 @@ def why_joint_loses(run: RunData, rows: list[dict]) -> list[str]:
             continue
         summ = meta["summary"]
         if summ["unchanged_fraction"] > 0.3:
-            reasons.append(f"CT {s}-step: {100 * summ['unchanged_fraction']:.0f}% of the samples were already at "
+            reasons.append(f"{cfg.generator_label} {s}-step: {100 * summ['unchanged_fraction']:.0f}% of the samples were already at "
                            f"ℓ_fake ≥ τ = ℓ0 and were left untouched by the early-stop rule")
         if summ["mean_steps"] < big["grad_steps_per_image"]:
-            reasons.append(f"CT {s}-step: joint PGD spent fewer gradient steps per image than BIGROC "
+            reasons.append(f"{cfg.generator_label} {s}-step: joint PGD spent fewer gradient steps per image than BIGROC "
                            f"({summ['mean_steps']:.1f} vs {big['grad_steps_per_image']:.1f})")
+    if cfg.dataset != "cifar10":
+        reasons = reasons or ["none of the recorded diagnostics flags a cause"]
+        return [f"joint PGD does not beat BIGROC for {cfg.generator_label} {', '.join(f'{s}-step' for s in losing)}; "
+                "measured facts that bear on why:"] + [f"  - {r}" for r in reasons]
     reasons.append("context: both classifiers were trained for minutes (a few thousand iterations of a small CIFAR ResNet) and "
                    "the generators are weak; the paper's joint model is a robust ResNet-50 fine-tuned on ImageNet 64 for far "
                    "longer")
@@ -426,11 +431,13 @@ def markdown(run: RunData, cfg, rows, points, engines, minutes, calibration) -> 
     if cfg.smoke:
         out += ["**SMOKE RUN: tiny models, a few dozen images and a stand-in feature network. These numbers are not "
                 "FIDs and mean nothing; they only show that the pipeline runs.**", ""]
-    out += ["Measured here: class-conditional consistency models trained from scratch on the CIFAR-10 training set "
-            "(JPEG-q75 shards) with iCT" + (" and with ACT" if cfg.train_act else "") + ", refined by ccfast, scored by "
-            f"`ccfast.evaluate` against the lossless CIFAR-10 test set. FID on {cfg.n_eval} samples per file, biased "
-            "upward relative to 50k and not comparable with published CIFAR-10 or ImageNet numbers; compare rows with "
-            f"each other. CT rows: mean ± sample std over {cfg.n_seeds} seed(s) of sampling and refinement (generators "
+    intro = cfg.intro or (
+        "Measured here: class-conditional consistency models trained from scratch on the CIFAR-10 training set "
+        "(JPEG-q75 shards) with iCT" + (" and with ACT" if cfg.train_act else "") + ", refined by ccfast, scored by "
+        f"`ccfast.evaluate` against the lossless CIFAR-10 test set. FID on {cfg.n_eval} samples per file, biased "
+        "upward relative to 50k and not comparable with published CIFAR-10 or ImageNet numbers; compare rows with "
+        "each other.")
+    out += [intro + f" {cfg.generator_label} rows: mean ± sample std over {cfg.n_seeds} seed(s) of sampling and refinement (generators "
             "and classifiers trained once); a difference is said to exceed the spread when it is more than "
             f"{SPREAD_FACTOR:g}× the larger std. ΔFID is relative to the unrefined samples of the same step count.", ""]
     out += _table(["row", "FID", "ΔFID vs unrefined", "precision", "recall", "N", "seeds", "grad steps/img",
@@ -448,12 +455,12 @@ def markdown(run: RunData, cfg, rows, points, engines, minutes, calibration) -> 
     out += ["## Findings (generated from the numbers above)", ""] + [f"- {x}" for x in lines] + [""]
     if diag:
         out += ["Diagnostics:", ""] + [f"- {x}" for x in diag] + [""]
-    why = why_joint_loses(run, rows)
+    why = why_joint_loses(run, rows, cfg)
     if why:
         out += ["**Why the joint model may not beat BIGROC here** (checked against this run's records; the committer adds "
                 "anything else they know):", ""] + [f"- {why[0]}"] + why[1:] + [""]
     if points:
-        out += [f"## Equal gradient budget (CT {cfg.budget_steps}-step samples)", "",
+        out += [f"## Equal gradient budget ({cfg.generator_label} {cfg.budget_steps}-step samples)", "",
                 "![FID vs gradient steps](fid_vs_steps.png)", "",
                 "Each cell: FID (± std over the seeds where more than one ran) and, for early-stopping methods, the mean "
                 "gradient steps actually taken per image (the budget T is the cap).", ""]
@@ -549,8 +556,8 @@ def plot_fid_vs_steps(points: list[dict], cfg, path: Path) -> bool:
                     yerr=[p["fid_std"] or 0.0 for p in pts], fmt=styles.get(method, "o-"), capsize=3,
                     label=BUDGET_LABELS.get(method, method))
     ax.set_xlabel("gradient steps per image (mean taken; budgets " + ", ".join(map(str, cfg.budgets)) + ")")
-    ax.set_ylabel(f"FID ({cfg.n_eval} samples vs CIFAR-10 test)")
-    ax.set_title(f"CT {cfg.budget_steps}-step samples at equal gradient budget (error bars: std over seeds)")
+    ax.set_ylabel(f"FID ({cfg.n_eval} samples per file)")
+    ax.set_title(f"{cfg.generator_label} {cfg.budget_steps}-step samples at equal gradient budget (error bars: std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, plt, path)
