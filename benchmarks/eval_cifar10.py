@@ -27,18 +27,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ccfast.inception import extract_features, iter_array_batches, load_feature_network
+from ccfast.devices import resolve_device
+from ccfast.evaluate.inception import extract_features, iter_array_batches, load_feature_network
+from ccfast.evaluate.metrics import (
+    fid_to_reference,
+    gaussian_statistics,
+    inception_score,
+    precision_recall,
+)
 from ccfast.io_utils import (
     atomic_path,
     file_fingerprint,
     write_json_atomic,
     write_text_atomic,
-)
-from ccfast.metrics import (
-    fid_to_reference,
-    gaussian_statistics,
-    inception_score,
-    precision_recall,
 )
 
 
@@ -119,8 +120,7 @@ def main(argv=None) -> int:
     if args.jpeg_control:
         import PIL  # noqa: F401  (fail now, not after minutes of feature extraction)
     t0 = time.perf_counter()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     features_dir = args.features_dir or args.out_dir / "features"
     features_dir.mkdir(parents=True, exist_ok=True)

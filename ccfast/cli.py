@@ -1,10 +1,11 @@
-"""Shared plumbing for the `python -m ccfast.<stage>` command lines: error reporting and distributed set-up."""
+"""Shared plumbing for the `python -m ccfast.<stage>` command lines: error reporting and option parsing.
+
+Device choice and the torchrun process group live in `ccfast.devices` (the trainer needs them too).
+"""
 
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass
 from typing import Callable
 
 from .errors import CCFastError
@@ -27,42 +28,3 @@ def parse_optional_float(text: str) -> float | None:
     if text.lower() in ("none", "off", "inf"):
         return None
     return float(text)
-
-
-@dataclass
-class DistContext:
-    """Where this process stands under `torchrun` (world size 1 without it)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-
-def init_distributed(device_type: str) -> DistContext:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, NCCL on CUDA."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistContext()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def shutdown_distributed(ctx: DistContext) -> None:
-    if ctx.world_size > 1:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()

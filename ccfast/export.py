@@ -115,7 +115,7 @@ def body(args) -> int:
         if not onnx_path.exists():
             raise CCFastError(f"{onnx_path}: no such ONNX file; pass --checkpoint to write it")
     if args.trt:
-        from .onnx_export.runner import parse_buckets
+        from .batch_buckets import parse_buckets
         from .onnx_export.tensorrt_build import build_plan
 
         plan = Path(args.trt)

@@ -41,7 +41,7 @@ class JointModel(nn.Module):
 # ---------------------------------------------------------------- CIFAR ResNets (option-A shortcuts)
 
 
-class _LambdaShortcut(nn.Module):
+class LambdaShortcut(nn.Module):
     """Option A: subsample by 2 and zero-pad channels (no parameters), as in He et al. 2016 §4.2."""
 
     def __init__(self, planes: int):
@@ -59,7 +59,7 @@ class CifarBasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _LambdaShortcut(planes) if stride != 1 or in_planes != planes else nn.Identity()
+        self.shortcut = LambdaShortcut(planes) if stride != 1 or in_planes != planes else nn.Identity()
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -213,7 +213,8 @@ def build_model(arch: str, num_classes: int, mean=IMAGENET_MEAN, std=IMAGENET_ST
 _STRIP_PREFIXES = ("module.model.", "model.", "module.", "backbone.")
 
 
-def _torch_load(path: str | os.PathLike):
+def load_weights_file(path: str | os.PathLike):
+    """`torch.load` onto the CPU with weights_only=True; a missing or unreadable file is a CCFastError."""
     path = Path(path)
     if not path.exists():
         raise CCFastError(f"{path}: no such weights file")
@@ -263,7 +264,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, fresh_he
     """Load third-party weights into `backbone`. With `fresh_head=None`, the head is re-initialised
     only when its shape differs (a different class count); `True` always re-initialises it.
     Returns the normaliser found in the file (may be empty)."""
-    sd, norm = extract_state_dict(_torch_load(path), str(path))
+    sd, norm = extract_state_dict(load_weights_file(path), str(path))
     own = backbone.state_dict()
     head = HEAD_PREFIX.get(arch or "", None)
     if head is not None:

@@ -24,7 +24,8 @@ def per_example_l2_norm(t: torch.Tensor) -> torch.Tensor:
     return t.float().flatten(1).norm(dim=1)
 
 
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def broadcast_per_example(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-example vector v, shape (B,), viewed as (B, 1, …, 1) so that it broadcasts against `like`."""
     return v.view(-1, *([1] * (like.ndim - 1)))
 
 
@@ -32,7 +33,7 @@ def normalize_l2(g: torch.Tensor) -> torch.Tensor:
     """g / ‖g‖₂ per example; zero where ‖g‖ = 0."""
     n = per_example_l2_norm(g)
     scale = torch.where(n > NORM_FLOOR, 1.0 / n.clamp_min(NORM_FLOOR), torch.zeros_like(n))
-    return g.float() * _bcast(scale, g)
+    return g.float() * broadcast_per_example(scale, g)
 
 
 def project_l2_ball(x: torch.Tensor, x0: torch.Tensor, eps: float | None) -> torch.Tensor:
@@ -42,7 +43,7 @@ def project_l2_ball(x: torch.Tensor, x0: torch.Tensor, eps: float | None) -> tor
     delta = x.float() - x0.float()
     n = per_example_l2_norm(delta)
     factor = torch.where(n > eps, eps / n.clamp_min(NORM_FLOOR), torch.ones_like(n))
-    return x0.float() + delta * _bcast(factor, delta)
+    return x0.float() + delta * broadcast_per_example(factor, delta)
 
 
 def pgd_step_ref(
@@ -61,7 +62,7 @@ def pgd_step_ref(
     direction = normalize_l2(g)
     step = alpha if ascend else -alpha
     x_new = project_l2_ball(x.float() + step * direction, x0, eps).clamp_(0.0, 1.0).to(x.dtype)
-    return torch.where(_bcast(active, x), x_new, x)
+    return torch.where(broadcast_per_example(active, x), x_new, x)
 
 
 def pgd_l2(
@@ -84,7 +85,7 @@ def pgd_l2(
     x = x0.detach().clone()
     if random_start and eps is not None:
         noise = torch.randn(x.shape, generator=generator, device="cpu", dtype=torch.float32).to(x.device)
-        noise = normalize_l2(noise) * eps * _bcast(
+        noise = normalize_l2(noise) * eps * broadcast_per_example(
             torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device), x
         )
         x = (x0.float() + noise).clamp(0, 1).to(x0.dtype)

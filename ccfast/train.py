@@ -13,7 +13,8 @@ import argparse
 import sys
 from dataclasses import fields
 
-from .cli import init_distributed, parse_optional_float, run_main, shutdown_distributed
+from .cli import parse_optional_float, run_main
+from .devices import init_distributed, resolve_device, shutdown_distributed
 from .models import ARCHS
 from .training.config import (AMP_MODES, AUGMENTATIONS, BATCHNORM_MODES, MODE_DEFAULTS, MODES, OPTIMIZERS,
                               REAL_ATTACKS, REALNESS_READINGS, TrainConfig)
@@ -168,13 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        import torch
-
         from .training.loop import Trainer
 
         cfg = config_from_args(args)
-        cuda = (cfg.device or "").startswith("cuda") or (cfg.device is None and torch.cuda.is_available())
-        ctx = init_distributed("cuda" if cuda else "cpu")
+        ctx = init_distributed(resolve_device(cfg.device).type)
         trainer = None
         try:
             trainer = Trainer(cfg, ctx, resume=args.resume, overwrite=args.overwrite)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ccfast.evaluate import main
-from ccfast.inception import bundled_inception_path
+from ccfast.evaluate.__main__ import main
+from ccfast.evaluate.inception import bundled_inception_path
 
 
 class _TinyFeatures(torch.nn.Module):
@@ -182,7 +182,7 @@ def test_unknown_reference_layout_and_missing_network(run, tmp_path, monkeypatch
     np.savez(tmp_path / "s.npz", arr_0=images(4, 0))
     code, _, err = run("--ref", tmp_path / "ref.npz", "--samples", tmp_path / "s.npz")
     assert code == 2 and "reference" in err and "unknown layout" in err
-    monkeypatch.setattr("ccfast.inception.bundled_inception_path", lambda: None)
+    monkeypatch.setattr("ccfast.evaluate.inception.bundled_inception_path", lambda: None)
     np.savez(tmp_path / "ref.npz", arr_0=images(4, 0))
     code, _, err = run("--ref", tmp_path / "ref.npz", "--samples", tmp_path / "s.npz", network=False)
     assert code == 2 and "pip install 'ccfast[fid]'" in err and "--inception PATH" in err

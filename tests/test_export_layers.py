@@ -89,10 +89,10 @@ def test_maxpool_vjp_routes_to_pytorchs_first_maximum(k, s, p, size):
 
 @pytest.mark.parametrize("size,planes", [(8, 8), (7, 8), (16, 32)])
 def test_option_a_shortcut_vjp(size, planes):
-    from ccfast.models import _LambdaShortcut
+    from ccfast.models import LambdaShortcut
 
     torch.manual_seed(2)
-    shortcut = _LambdaShortcut(planes)
+    shortcut = LambdaShortcut(planes)
     x = torch.randn(2, planes // 2, size, size)
     y_o, gx_o, gy = onnx_forward_and_vjp(SubsamplePadShortcut(shortcut.pad, "sc"), x, lambda shape: torch.randn(shape))
     y_t, gx_t = autograd_vjp(shortcut, x, gy)

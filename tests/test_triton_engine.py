@@ -147,14 +147,6 @@ def test_batch_smaller_than_min_bucket_and_reuse(fp32_exact):
     assert sorted(eng.timings()["capture_s"]) == [4], "batches of 1 and 3 both run in the one bucket of 4"
 
 
-def test_sgld_falls_back_to_reference_code_path():
-    model = _model()
-    x0, labels, idx = _batch(4, 16)
-    config = RefineConfig.from_preset("sgld", steps=3)
-    _, out, ref = _run_both(model, config, _scalars(None, "logit"), x0, labels, idx, **LOOP_OPTS)
-    assert torch.equal(out.images, ref.images) and torch.equal(out.steps, ref.steps)
-
-
 def test_refiner_runs_the_triton_engine(tiny_ckpt, fp32_exact):
     """Through the public API, with engine options as the CLI passes them (strings)."""
     from factories import make_samples

@@ -73,14 +73,14 @@ def test_parser_errors_name_the_node(tmp_path):
     from onnx import TensorProto, helper
 
     trt, _ = _tensorrt_or_skip()
-    from ccfast.onnx_export.tensorrt_build import _Logger, parse_onnx
+    from ccfast.onnx_export.tensorrt_build import TrtLogger, parse_onnx
 
     node = helper.make_node("StringNormalizer", ["s"], ["t"], name="not_for_gpus")
     g = helper.make_graph([node], "bad", [helper.make_tensor_value_info("s", TensorProto.STRING, [2])],
                           [helper.make_tensor_value_info("t", TensorProto.STRING, [2])])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(CCFastError, match=r"rejected the step graph:[\s\S]*not_for_gpus"):
-        parse_onnx(trt, model.SerializeToString(), _Logger(trt, False).logger)
+        parse_onnx(trt, model.SerializeToString(), TrtLogger(trt, False).logger)
     assert onnx  # the graph above is valid ONNX; only TensorRT refuses it
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ccfast.config_json import JsonConfig
 
-from .unet import ResBlock, _norm, noise_embedding
+from .unet import ResBlock, group_norm, noise_embedding
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Discriminator(nn.Module):
             cur = ch * mult
             if level != len(cfg.d_channel_mult) - 1:
                 self.blocks.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
-        self.norm_out = _norm(cur)
+        self.norm_out = group_norm(cur)
         self.linear = nn.Linear(cur, 1)
         self.class_proj = nn.Embedding(num_classes, cur)
         nn.init.normal_(self.class_proj.weight, std=cur ** -0.5)

@@ -18,7 +18,7 @@ import torch
 
 from ccfast.data import save_samples
 
-FEATURE_DIM = 2048  # what ccfast.inception checks the network's output against
+FEATURE_DIM = 2048  # what ccfast.evaluate.inception checks the network's output against
 
 
 class _StandInFeatures(torch.nn.Module):

@@ -43,7 +43,8 @@ def noise_embedding(c_noise: torch.Tensor, dim: int, max_period: float = 10000.0
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
-def _norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> nn.GroupNorm:
+    """The GroupNorm of every U-Net and discriminator block: 32 groups (fewer for narrow layers), eps 1e-6."""
     return nn.GroupNorm(min(32, channels // 4) if channels >= 8 else 1, channels, eps=1e-6)
 
 
@@ -58,10 +59,10 @@ class ResBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
         super().__init__()
-        self.norm1 = _norm(cin)
+        self.norm1 = group_norm(cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout)
-        self.norm2 = _norm(cout)
+        self.norm2 = group_norm(cout)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
@@ -80,7 +81,7 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int, head_channels: int):
         super().__init__()
         self.heads = max(1, channels // head_channels)
-        self.norm = _norm(channels)
+        self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
@@ -132,7 +133,7 @@ class UNet(nn.Module):
                     blocks.append(nn.Conv2d(cur, cur, 3, padding=1))
                     res *= 2
                 self.up.append(blocks)
-        self.norm_out = _norm(cur)
+        self.norm_out = group_norm(cur)
         self.conv_out = _zero(nn.Conv2d(cur, 3, 3, padding=1))
 
     @staticmethod

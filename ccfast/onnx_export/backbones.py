@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..errors import CCFastError
-from ..models import Bottleneck, CifarBasicBlock, CifarResNet, ImageNetResNet, TinyNet, _LambdaShortcut
+from ..models import Bottleneck, CifarBasicBlock, CifarResNet, ImageNetResNet, LambdaShortcut, TinyNet
 from .layers import (ConvBN, GlobalAvgPoolFlatten, Identity, Layer, Linear, MaxPool, ReLU, Residual, Sequential,
                      SubsamplePadShortcut)
 
@@ -82,7 +82,7 @@ def _cifar(net: CifarResNet, w: _Walk) -> list[Layer]:
             w.expect(block, CifarBasicBlock, where)
             branch = Sequential([w.conv_bn(block.conv1, block.bn1, f"{where}.conv1"), ReLU(f"{where}.relu1"),
                                  w.conv_bn(block.conv2, block.bn2, f"{where}.conv2")])
-            if isinstance(block.shortcut, _LambdaShortcut):
+            if isinstance(block.shortcut, LambdaShortcut):
                 w.mark(block.shortcut)
                 shortcut: Layer = SubsamplePadShortcut(block.shortcut.pad, f"{where}.shortcut")
             else:

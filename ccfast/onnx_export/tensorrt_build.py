@@ -66,7 +66,7 @@ def rtx_compute_capabilities(trt) -> list[tuple[int, int]]:
     return sorted(out)
 
 
-class _Logger:
+class TrtLogger:
     """TensorRT logger that forwards to `logging` (errors and warnings always reach the user)."""
 
     def __init__(self, trt, verbose: bool):
@@ -128,7 +128,7 @@ def build_plan(onnx_path, plan_path, batch_buckets, *, runtime: str | None = Non
     if not buckets or buckets[0] < 1:
         raise CCFastError(f"batch buckets must be positive integers, got {batch_buckets}")
     onnx_bytes = onnx_path.read_bytes()
-    logger = _Logger(trt, verbose).logger
+    logger = TrtLogger(trt, verbose).logger
     t0 = time.perf_counter()
     builder, network, _parser = parse_onnx(trt, onnx_bytes, logger)
     io = network_io(trt, network)

@@ -5,6 +5,8 @@
     refined = out.uint8()                                # uint8 NHWC, rounded to nearest
 
 Engines are looked up by name in `ENGINES` and imported only when asked for, so `import ccfast` stays light.
+`make_engine` is where an engine is chosen, and the one place that decides that a method an engine does not
+compute (SGLD on the fast engines) runs on the reference engine instead.
 Engine modules are named `<name>_engine.py`, never `torch.py`/`triton.py`: importing a submodule binds its
 name on this package, which would shadow the `torch` module imported here.
 """
@@ -12,6 +14,7 @@ name on this package, which would shadow the `torch` module imported here.
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +23,7 @@ import torch
 from ..checkpoint import CheckpointInfo, load_checkpoint
 from ..config import RefineConfig
 from ..data import uint8_to_float, validate_float_images, validate_labels
+from ..devices import resolve_device
 from ..errors import CCFastError
 from ..objectives import HeadParams
 from .base import Engine, RefineResult, ResolvedScalars
@@ -57,6 +61,19 @@ def load_engine_class(name: str) -> type[Engine]:
     except ImportError as exc:
         raise CCFastError(f"engine {name!r} cannot load: {exc}. It needs {spec.needs}") from exc
     return getattr(module, spec.cls)
+
+
+def make_engine(name: str, model, config: RefineConfig, scalars: ResolvedScalars, device, **options) -> Engine:
+    """The engine `name` for this configuration. An engine that does not compute `config.method` (the fast
+    engines run PGD only; see `Engine.methods`) still checks its options, then hands the method to the
+    reference engine, with a warning."""
+    cls = load_engine_class(name)
+    if config.method not in cls.methods:
+        cls.check_options(options, torch.device(device))  # a bad option is an error even when unused
+        logging.getLogger("ccfast.refine").warning(
+            "engine %r: %s runs with the torch reference engine", name, config.method.upper())
+        return load_engine_class("torch")(model, config, scalars, device)
+    return cls(model, config, scalars, device, **options)
 
 
 def available_engines() -> dict[str, str]:
@@ -99,19 +116,13 @@ def resolve_scalars(config: RefineConfig, info: CheckpointInfo) -> ResolvedScala
     return ResolvedScalars(tau=tau, head=head)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class Refiner:
     """Loads the checkpoint and the engine once; `refine` then handles any number of batches."""
 
     def __init__(self, checkpoint, engine: str = "torch", config: RefineConfig | None = None,
                  device: str | torch.device | None = None, batch_size: int = 256, **engine_options):
         self.config = (config or RefineConfig()).validate()
-        self.device = torch.device(device) if device is not None else default_device()
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise CCFastError("--device cuda was asked for but no CUDA GPU is visible to PyTorch")
+        self.device = resolve_device(device)
         if isinstance(checkpoint, tuple):  # (model, info) already loaded
             self.model, self.info = checkpoint
             self.model = self.model.to(self.device).eval().requires_grad_(False)
@@ -122,7 +133,7 @@ class Refiner:
         self.batch_size = batch_size
         self.scalars = resolve_scalars(self.config, self.info)
         self.engine_name = engine
-        self.engine = load_engine_class(engine)(self.model, self.config, self.scalars, self.device, **engine_options)
+        self.engine = make_engine(engine, self.model, self.config, self.scalars, self.device, **engine_options)
 
     @property
     def tau(self) -> float | None:

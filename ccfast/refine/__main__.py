@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import DistContext, init_distributed, parse_optional_float, run_main, shutdown_distributed
+from ..cli import parse_optional_float, run_main
 from ..config import EARLY_STOP_RULES, LABEL_SOURCES, METHODS, PRESETS, RefineConfig
 from ..data import load_samples, save_samples
+from ..devices import DistContext, init_distributed, resolve_device, shutdown_distributed
 from ..errors import CCFastError
 from ..io_utils import atomic_path, file_fingerprint, write_json_atomic
 from ..objectives import OBJECTIVES, REALNESS
@@ -131,7 +132,6 @@ def _prepare_partial_dir(partial: Path, manifest: dict, overwrite: bool, ctx: Di
 
 
 def refine_file(args, ctx: DistContext) -> int:
-    import torch
     from tqdm.auto import tqdm
 
     from . import Refiner
@@ -145,10 +145,7 @@ def refine_file(args, ctx: DistContext) -> int:
     if args.batch_size < 1:
         raise CCFastError(f"--batch-size must be >= 1, got {args.batch_size}")
     config = config_from_args(args)
-    device = args.device
-    if ctx.world_size > 1 and (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
-        device = f"cuda:{ctx.local_rank}"
-        torch.cuda.set_device(ctx.local_rank)
+    device = resolve_device(args.device, ctx)
     t0 = time.perf_counter()
     refiner = Refiner(args.checkpoint, engine=args.engine, config=config, device=device, batch_size=args.batch_size,
                       **parse_engine_options(args.engine_option))
@@ -224,9 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        import torch
-
-        ctx = init_distributed("cuda" if (args.device or "").startswith("cuda") or (args.device is None and torch.cuda.is_available()) else "cpu")
+        ctx = init_distributed(resolve_device(args.device).type)
         try:
             return refine_file(args, ctx)
         finally:

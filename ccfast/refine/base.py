@@ -7,8 +7,8 @@ a `RefineResult`.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import torch
 from ..config import RefineConfig
 from ..errors import CCFastError
 from ..objectives import HeadParams
+from .options import Option, parse_options
 
 STAT_FIELDS = ("steps", "realness_init", "realness_final", "objective_init", "objective_final", "stopped")
 
@@ -69,18 +70,31 @@ class ResolvedScalars:
 
 
 class Engine:
-    """Base class. Subclasses set `name` and implement `refine_batch`; heavy set-up (compile, graph
-    capture, engine build) happens in `__init__` or lazily per batch bucket, once per Refiner."""
+    """Base class. Subclasses set `name`, `methods` and `OPTIONS`, and implement `refine_batch`; heavy set-up
+    (compile, graph capture, engine build) happens in `__init__` or lazily per batch bucket, once per Refiner."""
 
     name = "base"
+    # The refinement methods this engine computes. The fast engines run PGD only: SGLD draws its noise per
+    # example on the CPU and never projects, so no fused loop or step graph exists for it, and `make_engine`
+    # (refine/__init__.py) runs SGLD on the reference engine instead.
+    methods: tuple[str, ...] = ("pgd",)
+    OPTIONS: ClassVar[dict[str, Option]] = {}  # `--engine-option` keys and their types (refine/options.py)
 
-    def __init__(self, model: torch.nn.Module, config: RefineConfig, scalars: ResolvedScalars, device: torch.device, **options):
-        if options:
-            raise ValueError(f"engine {self.name!r} takes no options, got {sorted(options)}")
+    def __init__(self, model: torch.nn.Module, config: RefineConfig, scalars: ResolvedScalars, device: torch.device,
+                 **options):
+        if config.method not in self.methods:
+            raise CCFastError(f"engine {self.name!r} runs {' and '.join(self.methods)} only, not {config.method}; "
+                              "ccfast.Refiner runs other methods on the reference engine")
         self.model = model
         self.config = config
         self.scalars = scalars
-        self.device = device
+        self.device = torch.device(device)
+        self.opts = self.check_options(options, self.device)
+
+    @classmethod
+    def check_options(cls, options: dict, device: torch.device):
+        """The engine's options, parsed and checked (strict: see refine/options.py)."""
+        return parse_options(cls.name, cls.OPTIONS, options)
 
     def refine_batch(self, x0: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> RefineResult:
         """x0: float32 NCHW on `self.device`; labels int64 (B,); indices int64 (B,) global example
@@ -90,21 +104,3 @@ class Engine:
     def timings(self) -> dict:
         """Set-up costs (compile, capture, build) reported apart from the steady state."""
         return {}
-
-
-def reject_unknown_options(engine: str, options, allowed) -> None:
-    """`--engine-option` keys an engine does not take are an error that lists the ones it does."""
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise CCFastError(f"engine {engine!r} has no option {', '.join(unknown)}; options: {', '.join(sorted(allowed))}")
-
-
-def sgld_fallback(engine: str, model, config: RefineConfig, scalars: ResolvedScalars, device):
-    """The reference engine for SGLD, None for PGD. SGLD draws its noise per example on the CPU and never
-    projects, so no fused loop or step graph exists for it: the fast engines hand it to the reference."""
-    if config.method != "sgld":
-        return None
-    from .torch_engine import TorchEngine
-
-    logging.getLogger("ccfast.refine").warning("engine %r: SGLD runs with the torch reference engine", engine)
-    return TorchEngine(model, config, scalars, device)

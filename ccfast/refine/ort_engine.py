@@ -1,13 +1,13 @@
 """`--engine ort`: the exported step graph (ccfast.onnx_export) under ONNX Runtime.
 
 One graph call = one refinement step (forward, explicit input gradient, head, early stop, projected step);
-`onnx_export.runner` drives the T steps over static buffers bound with IOBinding to torch tensors, so no
+`step_graph_runner` drives the T steps over static buffers bound with IOBinding to torch tensors, so no
 data leaves the device between steps. On a CUDA device (onnxruntime-gpu) each batch bucket gets its own
 session with `enable_cuda_graph`: ONNX Runtime captures the step once and replays it, which needs fixed
 shapes and addresses, hence buckets (a batch is padded up to the smallest bucket that holds it; padding
 rows are inactive). On the CPU one session serves any batch size.
 
-Engine options (`--engine-option KEY=VALUE`):
+Engine options (`--engine-option KEY=VALUE`; parsed by refine/options.py):
     onnx=PATH          step graph from `python -m ccfast.export` (default: exported on first use into a cache
                        file in the temp directory, keyed by the weights' fingerprint)
     dtype=fp32|fp16    precision of the graph exported on first use (default fp32; ignored with onnx=)
@@ -15,8 +15,8 @@ Engine options (`--engine-option KEY=VALUE`):
     cuda_graph=1|0     capture CUDA graphs (CUDA only; default 1)
     tf32=0|1           let cuDNN use TF32 for fp32 convolutions (default 0: fp32 results)
     threads=N          ONNX Runtime intra-op threads (CPU)
-SGLD is not a step graph (it adds noise and never projects): with method=sgld this engine runs the torch
-reference engine and says so.
+PGD only: SGLD is not a step graph (it adds noise and never projects); `ccfast.Refiner` runs it on the torch
+reference engine and says so (`make_engine`).
 """
 
 from __future__ import annotations
@@ -28,23 +28,23 @@ from pathlib import Path
 import torch
 
 from ..errors import CCFastError, require
-from .base import Engine, RefineResult, reject_unknown_options, sgld_fallback
+from ..onnx_export.build import cache_dir, export_step_graph, model_fingerprint, read_graph_metadata
+from . import options
+from .base import Engine, RefineResult
+from .step_graph_runner import NUMPY_DTYPES, StepBuffers, bucket_for, check_param_slots, collect, params_for, run_steps
 
 log = logging.getLogger("ccfast.refine.ort")
 
-OPTIONS = ("onnx", "dtype", "buckets", "cuda_graph", "tf32", "threads")
-
-
-def _flag(value, name: str) -> bool:
-    if str(value).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(value).lower() in ("0", "false", "no", "off"):
-        return False
-    raise CCFastError(f"engine option {name} must be 1 or 0, got {value!r}")
+OPTIONS = {
+    "onnx": options.text(None), "dtype": options.choice("fp32", "fp32", "fp16"),
+    "buckets": options.buckets("1,16,256"), "cuda_graph": options.flag(True), "tf32": options.flag(False),
+    "threads": options.integer(None),
+}
 
 
 class OrtEngine(Engine):
     name = "ort"
+    OPTIONS = OPTIONS
 
     @staticmethod
     def availability() -> str:
@@ -57,23 +57,17 @@ class OrtEngine(Engine):
             return f"needs `pip install 'ccfast[onnx]'` ({exc})"
         return "ok"
 
-    def __init__(self, model, config, scalars, device, **options):
-        super().__init__(model, config, scalars, device)
-        reject_unknown_options("ort", options, OPTIONS)
+    def __init__(self, model, config, scalars, device, **given):
+        super().__init__(model, config, scalars, device, **given)
         self._timings: dict[str, float] = {}
-        self._fallback = sgld_fallback("ort", model, config, scalars, device)
-        if self._fallback is not None:
-            return
         self.ort = require("onnxruntime", "onnx", "the ort engine")
-        from ..onnx_export.runner import params_for, parse_buckets
-
         self.params = params_for(config, scalars)
-        self.onnx_path = Path(options["onnx"]) if options.get("onnx") else None
-        self.dtype = options.get("dtype", "fp32")
-        self.buckets = parse_buckets(options.get("buckets", "1,16,256"))
-        self.cuda_graph = _flag(options.get("cuda_graph", "1"), "cuda_graph")
-        self.tf32 = _flag(options.get("tf32", "0"), "tf32")
-        self.threads = int(options["threads"]) if options.get("threads") else None
+        self.onnx_path = Path(self.opts["onnx"]) if self.opts["onnx"] else None
+        self.dtype = self.opts["dtype"]
+        self.buckets = list(self.opts["buckets"])
+        self.cuda_graph = self.opts["cuda_graph"]
+        self.tf32 = self.opts["tf32"]
+        self.threads = self.opts["threads"]
         self.on_cuda = self.device.type == "cuda"
         if self.on_cuda and "CUDAExecutionProvider" not in self.ort.get_available_providers():
             raise CCFastError(
@@ -89,9 +83,6 @@ class OrtEngine(Engine):
     # ---------------------------------------------------------------- graph file
 
     def _check_graph(self, path: Path) -> None:
-        from ..onnx_export.build import model_fingerprint, read_graph_metadata
-        from ..onnx_export.runner import check_param_slots
-
         meta = read_graph_metadata(path)
         check_param_slots(meta, str(path))
         if meta.get("weights_sha256") != model_fingerprint(self.model):
@@ -102,8 +93,6 @@ class OrtEngine(Engine):
     def _graph_for(self, image_hw: tuple[int, int]) -> Path:
         """The step graph to run: the given file, or one exported into the cache on first use."""
         if self.onnx_path is None:
-            from ..onnx_export.build import cache_dir, export_step_graph, model_fingerprint
-
             fp = model_fingerprint(self.model)
             path = cache_dir() / f"step-{fp[:24]}-{self.dtype}-{image_hw[0]}x{image_hw[1]}.onnx"
             if not path.exists():
@@ -144,8 +133,6 @@ class OrtEngine(Engine):
         return sess
 
     def _bind(self, sess, bufs):
-        from ..onnx_export.runner import NUMPY_DTYPES
-
         binding = sess.io_binding()
         dev_type = "cuda" if self.on_cuda else "cpu"
         dev_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if self.on_cuda else 0
@@ -159,8 +146,6 @@ class OrtEngine(Engine):
         """(run_step, buffers) for a batch bucket: a session (per bucket on CUDA), static buffers, a binding."""
         if capacity in self._slots:
             return self._slots[capacity]
-        from ..onnx_export.runner import StepBuffers
-
         path = self._graph_for(image_hw)
         bufs = StepBuffers.allocate(capacity, (3, *image_hw), self.params, self.device)
         t0 = time.perf_counter()
@@ -204,10 +189,6 @@ class OrtEngine(Engine):
     # ---------------------------------------------------------------- refinement
 
     def refine_batch(self, x0, labels, indices):
-        if self._fallback is not None:
-            return self._fallback.refine_batch(x0, labels, indices)
-        from ..onnx_export.runner import bucket_for, collect, run_steps
-
         x0 = x0.float()
         if x0.device != self.device and not (x0.device.type == self.device.type == "cuda"):
             raise CCFastError(f"images are on {x0.device} but the engine runs on {self.device}")
@@ -227,6 +208,6 @@ class OrtEngine(Engine):
 
     def timings(self) -> dict:
         out = dict(self._timings)
-        if self._fallback is None and self.on_cuda and getattr(self, "_graph_state", None) is not None:
+        if self.on_cuda and getattr(self, "_graph_state", None) is not None:
             out["cuda_graph"] = float(self._graph_state["graph"])
         return out

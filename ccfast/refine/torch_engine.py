@@ -50,6 +50,7 @@ def strict_fp32():
 
 class TorchEngine(Engine):
     name = "torch"
+    methods = ("pgd", "sgld")
 
     def _objective(self, x: torch.Tensor, labels: torch.Tensor):
         logits = self.model(x)

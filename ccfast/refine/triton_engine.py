@@ -24,10 +24,10 @@ convolution over 3 channels is zero-padded to 8 (`pad_channels`): cuDNN's NHWC t
 C % 8 == 0, and with 3 channels its input-gradient kernel alone took 9% of a ResNet-50 step (profile in
 benchmarks/results). Neither changes the function computed.
 
-SGLD (`method="sgld"`) falls back to the reference engine's code path: its noise is drawn per example on
-the CPU (so results do not depend on batching), which a CUDA graph cannot replay.
+PGD only (`Engine.methods`): SGLD draws its noise per example on the CPU (so results do not depend on
+batching), which a CUDA graph cannot replay; `ccfast.Refiner` runs it on the reference engine (`make_engine`).
 
-Options (`--engine-option KEY=VALUE`, or keyword arguments of `Refiner`):
+Options (`--engine-option KEY=VALUE`, or keyword arguments of `Refiner`; parsed by refine/options.py):
     dtype=bf16|fp16|fp32   network precision (autocast); default bf16 on CUDA, fp32 on CPU
     tf32=0|1               TF32 convolutions/matmuls when dtype=fp32 (default 0: exact fp32)
     compile=0|1            Inductor-compile forward + head + backward (default 1 on CUDA)
@@ -47,36 +47,26 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import CCFastError
-from .base import Engine, RefineResult, reject_unknown_options, sgld_fallback
+from ..kernels.objective_head import interpreted, objective_head
+from ..kernels.pgd_step import pgd_step
+from . import options
+from .base import Engine, RefineResult
 
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
-
-def _flag(name: str, value) -> bool:
-    if isinstance(value, bool):
-        return value
-    v = str(value).strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise CCFastError(f"engine option {name}={value!r}: expected 0/1 (or true/false)")
-
-
-def _positive_int(name: str, value) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = 0
-    if n < 1:
-        raise CCFastError(f"engine option {name}={value!r}: expected a positive integer")
-    return n
+# None: the default depends on the device (CUDA or not), or on `compile` (min_bucket); see TritonOptions.parse.
+OPTIONS = {
+    "dtype": options.choice(None, *_DTYPES), "tf32": options.flag(False), "compile": options.flag(None),
+    "graphs": options.flag(None), "channels_last": options.flag(True), "fold_bn": options.flag(True),
+    "cast_weights": options.flag(True), "pad_channels": options.flag(True), "compact_every": options.integer(5),
+    "buckets": options.buckets(None, auto=True), "min_bucket": options.integer(None),
+    "compile_mode": options.text("default"),
+}
 
 
 @dataclass
@@ -93,34 +83,19 @@ class TritonOptions:
     buckets: tuple[int, ...] | None = None
     min_bucket: int = 2
     compile_mode: str = "default"
-    explicit: dict = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, options: dict, device: torch.device) -> TritonOptions:
-        known = {"dtype", "tf32", "compile", "graphs", "channels_last", "fold_bn", "cast_weights", "pad_channels",
-                 "compact_every", "buckets", "min_bucket", "compile_mode"}
-        reject_unknown_options("triton", options, known)
+    def parse(cls, given: dict, device: torch.device) -> TritonOptions:
+        values = options.parse_options("triton", OPTIONS, given)
         cuda = device.type == "cuda"
-        o = cls(dtype="bf16" if cuda else "fp32", compile=cuda, graphs=cuda, explicit=dict(options))
-        if "dtype" in options:
-            o.dtype = str(options["dtype"]).lower()
-            if o.dtype not in _DTYPES:
-                raise CCFastError(f"engine option dtype={options['dtype']!r}: choose bf16, fp16 or fp32")
-        for name in ("tf32", "compile", "graphs", "channels_last", "fold_bn", "cast_weights", "pad_channels"):
-            if name in options:
-                setattr(o, name, _flag(name, options[name]))
-        if "compact_every" in options:
-            o.compact_every = _positive_int("compact_every", options["compact_every"])
-        if "buckets" in options and str(options["buckets"]).strip().lower() != "auto":
-            raw = options["buckets"]
-            items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
-            o.buckets = tuple(sorted({_positive_int("buckets", b) for b in items if str(b).strip()}))
-        o.min_bucket = _positive_int("min_bucket", options["min_bucket"]) if "min_bucket" in options else (2 if o.compile else 1)
-        if "compile_mode" in options:
-            o.compile_mode = str(options["compile_mode"])
-        if o.graphs and not cuda:
-            raise CCFastError("engine option graphs=1 needs a CUDA device (CUDA graphs); pass graphs=0 on CPU")
-        return o
+        for name, default in (("dtype", "bf16" if cuda else "fp32"), ("compile", cuda), ("graphs", cuda)):
+            if values[name] is None:
+                values[name] = default
+        if values["min_bucket"] is None:  # size 1 would compile a second graph
+            values["min_bucket"] = 2 if values["compile"] else 1
+        if values["graphs"] and not cuda:
+            raise CCFastError("engine 'triton' option graphs=1 needs a CUDA device (CUDA graphs); pass graphs=0 on CPU")
+        return cls(**values)
 
 
 class _ChannelPaddedConv(torch.nn.Module):
@@ -195,6 +170,7 @@ class _Bucket:
 
 class TritonEngine(Engine):
     name = "triton"
+    OPTIONS = OPTIONS
 
     @staticmethod
     def availability() -> str:
@@ -206,18 +182,17 @@ class TritonEngine(Engine):
             return "needs a CUDA GPU (none is visible to PyTorch)"
         return "ok"
 
-    def __init__(self, model, config, scalars, device, **options):
-        super().__init__(model, config, scalars, device)
-        self.opts = TritonOptions.parse(options, torch.device(device))
-        from ..kernels.objective_head import interpreted, objective_head
-        from ..kernels.pgd_step import pgd_step
+    @classmethod
+    def check_options(cls, given: dict, device: torch.device) -> TritonOptions:
+        return TritonOptions.parse(given, device)
 
+    def __init__(self, model, config, scalars, device, **given):
+        super().__init__(model, config, scalars, device, **given)
         if self.device.type != "cuda" and not interpreted():
             raise CCFastError(
                 "engine 'triton' needs a CUDA GPU (use --engine torch on CPU); its kernels run on CPU only under "
                 "Triton's interpreter (TRITON_INTERPRET=1), for tests"
             )
-        self._objective_head, self._pgd_step = objective_head, pgd_step
         self._autocast_dtype = _DTYPES[self.opts.dtype]
         self._memory_format = torch.channels_last if self.opts.channels_last else torch.contiguous_format
         self._timings: dict = {"compile_s": 0.0, "capture_s": {}, "fold_bn": "off", "options": self._options_summary()}
@@ -228,9 +203,6 @@ class TritonEngine(Engine):
         # K steps per graph between compactions; without early stopping nothing is ever compacted.
         self._K = T if tau is None else min(self.opts.compact_every, T)
         self._segments = sorted({k for k in (self._K, T % self._K if self._K else 0) if k > 0})
-        self._fallback = sgld_fallback("triton", model, config, scalars, device)
-        if self._fallback is not None:
-            return
         t0 = time.perf_counter()
         self.net = self._prepare_network(model)
         self._timings["prepare_s"] = time.perf_counter() - t0
@@ -293,7 +265,7 @@ class TritonEngine(Engine):
                 logits = self.net(x)
         else:
             logits = self.net(x)
-        J, realness, _, still_active = self._objective_head(logits, labels, active, self.scalars.head, self.scalars.tau)
+        J, realness, _, still_active = objective_head(logits, labels, active, self.scalars.head, self.scalars.tau)
         first = t == 0
         J_init.copy_(torch.where(first, J.detach(), J_init))
         r_init.copy_(torch.where(first, realness, r_init))
@@ -310,7 +282,7 @@ class TritonEngine(Engine):
         J = self._step_fn(x, b.labels, b.active, b.t, b.J_init, b.r_init, b.J_last, b.r_last)
         if take_step:  # (without a step, the saved activations are freed with J, unused)
             (g,) = torch.autograd.grad(J, x, grad_outputs=b.ones)
-            self._pgd_step(b.x, g, b.x0, b.active, self.config.alpha, self.config.eps, inplace=True, steps=b.steps)
+            pgd_step(b.x, g, b.x0, b.active, self.config.alpha, self.config.eps, inplace=True, steps=b.steps)
 
     def _run(self, b: _Bucket, k: int, take_step: bool) -> None:
         if self.opts.graphs:
@@ -385,8 +357,6 @@ class TritonEngine(Engine):
     # ------------------------------------------------------------------ the loop
 
     def refine_batch(self, x0, labels, indices):
-        if self._fallback is not None:
-            return self._fallback.refine_batch(x0, labels, indices)
         x0 = x0.float()
         B = x0.shape[0]
         T, tau = self.config.steps, self.scalars.tau

@@ -2,7 +2,7 @@
 
 The plan comes from `python -m ccfast.export --onnx STEP.onnx --trt STEP.plan` (one optimisation profile per
 batch bucket). For each bucket this engine makes an execution context bound to static buffers, runs one
-step to warm up, then captures `onnx_export.runner.run_steps` (T+1 enqueues and the buffer copies between
+step to warm up, then captures `step_graph_runner.run_steps` (T+1 enqueues and the buffer copies between
 them) into a CUDA graph; a batch is then: copy in, one graph replay, copy out. Results are those of the
 reference engine: stopped examples keep being copied through unchanged, so the loop needs no early exit.
 
@@ -12,12 +12,12 @@ plan first runs and keeps them in `PLAN.rtcache` beside the plan. Before deseria
 engine checks the plan's sidecar (runtime, version, weights, target GPUs) and, where the runtime offers
 it, `Runtime.get_engine_validity`.
 
-Engine options (`--engine-option KEY=VALUE`):
+Engine options (`--engine-option KEY=VALUE`; parsed by refine/options.py):
     plan=PATH          the plan (default: export + build on first use into the temp-directory cache)
     runtime=auto|tensorrt|tensorrt_rtx   which TensorRT to load (default auto: full TensorRT if installed)
     cuda_graph=1|0     capture the T-step loop (default 1; 0 = enqueue step by step, with early exit)
     dtype=fp32|fp16    precision of a plan built on first use;  buckets=1,16,256  its profiles
-SGLD runs on the torch reference engine (no step graph for it), as with `ort`.
+PGD only: `ccfast.Refiner` runs SGLD on the torch reference engine (no step graph for it), as with `ort`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,27 @@ from pathlib import Path
 import torch
 
 from ..errors import CCFastError
-from .base import Engine, RefineResult, reject_unknown_options, sgld_fallback
+from ..io_utils import atomic_path
+from ..onnx_export.build import cache_dir, export_step_graph, model_fingerprint
+from ..onnx_export.tensorrt_build import (
+    TrtLogger,
+    build_plan,
+    check_plan,
+    import_tensorrt,
+    read_sidecar,
+    rtx_compute_capabilities,
+)
+from . import options
+from .base import Engine, RefineResult
+from .step_graph_runner import StepBuffers, bucket_for, collect, params_for, run_steps
 
 log = logging.getLogger("ccfast.refine.trt")
 
-OPTIONS = ("plan", "runtime", "cuda_graph", "dtype", "buckets")
+OPTIONS = {
+    "plan": options.text(None), "runtime": options.choice("auto", "auto", "tensorrt", "tensorrt_rtx"),
+    "cuda_graph": options.flag(True), "dtype": options.choice("fp32", "fp32", "fp16"),
+    "buckets": options.buckets("1,16,256"),
+}
 
 EXPECTED_TRT_DTYPES = {"x": "FLOAT", "x0": "FLOAT", "labels": "INT32", "active": "BOOL", "params": "FLOAT",
                        "x_next": "FLOAT", "active_next": "BOOL", "objective": "FLOAT", "realness": "FLOAT"}
@@ -44,18 +60,15 @@ def _device_cc(device: torch.device) -> tuple[int, int]:
 
 
 def _supported_ccs(trt, runtime: str):
-    from ..onnx_export.tensorrt_build import rtx_compute_capabilities
-
     return rtx_compute_capabilities(trt) if runtime == "tensorrt_rtx" else None
 
 
 class TrtEngine(Engine):
     name = "trt"
+    OPTIONS = OPTIONS
 
     @staticmethod
     def availability(runtime: str | None = None) -> str:
-        from ..onnx_export.tensorrt_build import import_tensorrt
-
         try:
             trt, name = import_tensorrt(runtime)
         except CCFastError as exc:
@@ -69,31 +82,22 @@ class TrtEngine(Engine):
                     f"{cc[0]}.{cc[1]}; it supports {', '.join(f'{a}.{b}' for a, b in supported)}): install full TensorRT >= 10")
         return "ok"
 
-    def __init__(self, model, config, scalars, device, **options):
-        super().__init__(model, config, scalars, device)
-        reject_unknown_options("trt", options, OPTIONS)
+    def __init__(self, model, config, scalars, device, **given):
+        super().__init__(model, config, scalars, device, **given)
         self._timings: dict[str, float] = {}
-        self._fallback = sgld_fallback("trt", model, config, scalars, device)
-        if self._fallback is not None:
-            return
-        from ..onnx_export.runner import params_for, parse_buckets
-        from ..onnx_export.tensorrt_build import import_tensorrt
-
-        self.runtime_choice = options.get("runtime", "auto")
+        self.runtime_choice = self.opts["runtime"]
         status = self.availability(self.runtime_choice)
         if status != "ok":
             raise CCFastError(f"engine 'trt' cannot run here: {status}")
         if self.device.type != "cuda":
             raise CCFastError(f"engine 'trt' runs on a CUDA device, not {self.device}; pass --device cuda")
         self.trt, self.runtime_name = import_tensorrt(self.runtime_choice)
-        from ..onnx_export.tensorrt_build import _Logger
-
-        self._logger = _Logger(self.trt, verbose=False).logger
+        self._logger = TrtLogger(self.trt, verbose=False).logger
         self.params = params_for(config, scalars)
-        self.use_cuda_graph = str(options.get("cuda_graph", "1")).lower() in ("1", "true", "yes", "on")
-        self.dtype = options.get("dtype", "fp32")
-        self.build_buckets = parse_buckets(options.get("buckets", "1,16,256"))
-        self.plan_path = Path(options["plan"]) if options.get("plan") else None
+        self.use_cuda_graph = self.opts["cuda_graph"]
+        self.dtype = self.opts["dtype"]
+        self.build_buckets = list(self.opts["buckets"])
+        self.plan_path = Path(self.opts["plan"]) if self.opts["plan"] else None
         self.stream = torch.cuda.Stream(self.device)
         self.engine = None
         self._slots: dict[int, dict] = {}
@@ -103,9 +107,6 @@ class TrtEngine(Engine):
     # ---------------------------------------------------------------- plan
 
     def _load(self, path: Path) -> None:
-        from ..onnx_export.build import model_fingerprint
-        from ..onnx_export.tensorrt_build import check_plan, read_sidecar
-
         if not path.exists():
             raise CCFastError(f"{path}: no such plan; build one with `python -m ccfast.export --onnx STEP.onnx --trt {path}`")
         t0 = time.perf_counter()
@@ -145,9 +146,6 @@ class TrtEngine(Engine):
     def _ensure_plan(self, image_hw) -> None:
         if self.engine is not None:
             return
-        from ..onnx_export.build import cache_dir, export_step_graph, model_fingerprint
-        from ..onnx_export.tensorrt_build import build_plan
-
         fp = model_fingerprint(self.model)
         stem = f"step-{fp[:24]}-{self.dtype}-{image_hw[0]}x{image_hw[1]}"
         onnx_path = cache_dir() / f"{stem}.onnx"
@@ -167,8 +165,6 @@ class TrtEngine(Engine):
     def _slot(self, capacity: int) -> dict:
         if capacity in self._slots:
             return self._slots[capacity]
-        from ..onnx_export.runner import StepBuffers, run_steps
-
         t0 = time.perf_counter()
         profile = self.buckets.index(capacity)
         ctx = (self.engine.create_execution_context(self._runtime_config) if self._runtime_config is not None
@@ -205,8 +201,6 @@ class TrtEngine(Engine):
     def _save_runtime_cache(self) -> None:
         if self._runtime_cache is None:
             return
-        from ..io_utils import atomic_path
-
         try:
             with atomic_path(str(self.plan_path) + ".rtcache") as tmp:
                 tmp.write_bytes(bytes(self._runtime_cache.serialize()))
@@ -216,10 +210,6 @@ class TrtEngine(Engine):
     # ---------------------------------------------------------------- refinement
 
     def refine_batch(self, x0, labels, indices):
-        if self._fallback is not None:
-            return self._fallback.refine_batch(x0, labels, indices)
-        from ..onnx_export.runner import bucket_for, collect, run_steps
-
         image_hw = (int(x0.shape[2]), int(x0.shape[3]))
         self._ensure_plan(image_hw)
         if image_hw != self.image_hw:

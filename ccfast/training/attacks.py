@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from ..objectives import cross_entropy_ref, loss_fake_ref, loss_real_ref, realness_score_ref
-from ..pgd import _bcast, normalize_l2, pgd_step_ref
+from ..pgd import broadcast_per_example, normalize_l2, pgd_step_ref
 
 
 @dataclass
@@ -39,7 +39,7 @@ class AttackResult:
 def random_start(x0: torch.Tensor, eps: float, noise: torch.Tensor, radius_fraction: torch.Tensor) -> torch.Tensor:
     """A uniform-radius random start in B2(x0, ε), clamped to [0, 1]: the same rule as `pgd_l2`'s
     (direction = normalised Gaussian `noise`, radius = ε·`radius_fraction`)."""
-    delta = normalize_l2(noise.to(x0.device)) * eps * _bcast(radius_fraction.to(x0.device), x0)
+    delta = normalize_l2(noise.to(x0.device)) * eps * broadcast_per_example(radius_fraction.to(x0.device), x0)
     return (x0.float() + delta).clamp(0, 1).to(x0.dtype)
 
 

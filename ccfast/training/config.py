@@ -202,10 +202,6 @@ class TrainConfig(JsonConfig):
         """SPEC §3.2: 5 steps at first, one more every 1,000 iterations, never above the cap."""
         return min(self.fake_steps_max, self.fake_steps_start + iteration // self.fake_steps_every)
 
-    def lr_at(self, iteration: int) -> float:
-        """Learning rate used by update `iteration` (0-based): lr × γ^(milestones already passed)."""
-        return self.lr * self.lr_gamma ** sum(1 for m in self.lr_milestones if iteration >= m)
-
     # ------------------------------------------------------------ serialisation
 
     @classmethod

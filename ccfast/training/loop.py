@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import CheckpointInfo, estimate_ell0, save_checkpoint
-from ..cli import DistContext
 from ..data import validate_labels
+from ..devices import DistContext, resolve_device
 from ..errors import CCFastError
 from ..objectives import loss_fake_ref, realness_score_ref
 from .attacks import attack_pair, attack_real, random_start
@@ -74,24 +74,6 @@ def data_fingerprint(images: LabelledImages | None) -> str | None:
     return h.hexdigest()[:16]
 
 
-def resolve_device(name: str | None, ctx: DistContext) -> torch.device:
-    try:
-        device = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    except RuntimeError as exc:
-        raise CCFastError(f"--device {name!r} is not a device PyTorch knows (try cpu, cuda or cuda:0): {exc}") from exc
-    if device.type not in ("cpu", "cuda"):
-        raise CCFastError(f"--device {name!r}: training runs on cpu or cuda")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CCFastError("--device cuda was asked for but no CUDA GPU is visible to PyTorch")
-        if ctx.world_size > 1:
-            device = torch.device("cuda", ctx.local_rank)
-        elif device.index is None:  # set_device and DDP need an index
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
-    return device
-
-
 class Trainer:
     """Set-up checks every input before the first update; `run()` then trains to `cfg.iters`."""
 
@@ -102,6 +84,8 @@ class Trainer:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.run_dir = Path(cfg.out)
         self.device = resolve_device(cfg.device, self.ctx)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # --device cuda:N: autocast, RNG state and synchronize use it
         if cfg.batch_size % self.ctx.world_size:
             raise CCFastError(
                 f"--batch-size {cfg.batch_size} must be a multiple of the number of processes ({self.ctx.world_size})")

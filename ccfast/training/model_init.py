@@ -11,7 +11,8 @@ import torch
 
 from ..checkpoint import FORMAT, read_checkpoint
 from ..errors import CCFastError
-from ..models import HEAD_PREFIX, IMAGENET_MEAN, IMAGENET_STD, JointModel, _torch_load, build_model, load_backbone_weights
+from ..models import (HEAD_PREFIX, IMAGENET_MEAN, IMAGENET_STD, JointModel, build_model, load_backbone_weights,
+                      load_weights_file)
 
 
 @dataclass
@@ -36,7 +37,7 @@ def build_initial_model(arch: str, num_classes: int, init: str | None, fresh_hea
         _set_norm(model, mean or IMAGENET_MEAN, std or IMAGENET_STD)
         return InitialModel(model, {}, f"{arch}: random initialisation, {num_classes} classes")
 
-    raw = _torch_load(init)
+    raw = load_weights_file(init)
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         payload, info = read_checkpoint(init)
         if info.arch != arch:

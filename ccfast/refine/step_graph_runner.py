@@ -1,4 +1,4 @@
-"""Host-side driver of the step graph, shared by the ONNX Runtime and TensorRT engines.
+"""Host-side driver of the exported step graph (ccfast.onnx_export), shared by the ort and trt engines.
 
 The graph does one step; this module runs T of them over static buffers (the same addresses every call,
 as CUDA graphs need) and gathers the statistics `TorchEngine` reports. Per SPEC §4 and torch_engine.py:
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from ..errors import CCFastError
-from ..refine.base import RefineResult
-from .head import head_coefficients
-from .step import PARAM_SLOTS, params_vector
+from ..onnx_export.head import head_coefficients
+from ..onnx_export.step import PARAM_SLOTS, params_vector
+from .base import RefineResult
 
 INPUT_DTYPES = {"x": torch.float32, "x0": torch.float32, "labels": torch.int32, "active": torch.bool, "params": torch.float32}
 OUTPUT_DTYPES = {"x_next": torch.float32, "active_next": torch.bool, "objective": torch.float32, "realness": torch.float32}
@@ -116,19 +116,6 @@ def collect(bufs: StepBuffers, batch: int, labels: torch.Tensor, tau: float | No
         objective_init=bufs.objective_init[:batch].clone(), objective_final=bufs.objective[:batch].clone(),
         stopped=stopped, labels=labels.clone(),
     )
-
-
-def parse_buckets(text) -> list[int]:
-    if isinstance(text, (list, tuple)):
-        values = list(text)
-    else:
-        try:
-            values = [int(v) for v in str(text).split(",") if v.strip()]
-        except ValueError as exc:
-            raise CCFastError(f"batch buckets must be comma-separated integers, got {text!r}") from exc
-    if not values or min(values) < 1:
-        raise CCFastError(f"batch buckets must be positive integers, got {text!r}")
-    return sorted(set(int(v) for v in values))
 
 
 def bucket_for(batch: int, buckets: list[int]) -> int:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CCFastError, require
-from .io_utils import file_fingerprint
+from ..errors import CCFastError, require
+from ..io_utils import file_fingerprint
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 IMAGE_KEYS = ("arr_0", "images")

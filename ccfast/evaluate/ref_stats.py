@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CCFastError
+from ..errors import CCFastError
+from ..io_utils import atomic_path
 from .image_sources import EvalInput
 from .inception import FEATURE_DIM, PREPROCESS_ID, FeatureNetwork, extract_features
-from .io_utils import atomic_path
 from .metrics import gaussian_statistics, sample_size_warning
 
 CACHE_VERSION = 1

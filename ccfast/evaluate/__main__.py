@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import run_main
-from .errors import CCFastError
+from ..cli import run_main
+from ..devices import resolve_device
+from ..errors import CCFastError
 
 DESCRIPTION = """\
 Score generated images against a reference set with the standard TensorFlow-Inception metrics:
@@ -72,20 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise CCFastError(f"--device {name}: {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CCFastError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def score_samples(ev, reference, network, batch_size: int, progress: bool) -> dict:
     """Every metric of one sample set against the reference, with timings and warnings."""
     from .inception import FEATURE_DIM, extract_features
@@ -141,9 +128,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _evaluate(args) -> int:
+    from ..io_utils import write_json_atomic
     from .image_sources import open_eval_input
     from .inception import load_feature_network
-    from .io_utils import write_json_atomic
     from .ref_stats import reference_statistics
 
     if args.batch_size < 1:

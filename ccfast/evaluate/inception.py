@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CCFastError
+from ..errors import CCFastError
 
 FEATURE_DIM = 2048
 NUM_LOGITS = 1008

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import CCFastError
+from ..errors import CCFastError
 
 PR_NEIGHBOURS = 3  # k of Kynkäänniemi et al. and of the OpenAI evaluator
 IS_SPLIT_SIZE = 5000  # the OpenAI evaluator's split: 50k samples -> 10 splits, as in improved-gan
