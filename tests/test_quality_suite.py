@@ -281,6 +281,38 @@ def test_refine_plan_covers_every_group_once():
     assert all("alpha" not in j.overrides for j in refine_jobs(cfg) if j.method == "scaled" and j.group == "budget")
 
 
+def test_concurrent_jobs_all_run_and_the_first_failure_is_raised():
+    from benchmarks.quality.run import run_concurrently
+
+    done = []
+
+    def fails():
+        raise ValueError("broken")
+
+    def pauses():
+        raise StagePaused("deadline")
+
+    tasks = [lambda i=i: done.append(i) for i in range(5)]
+    run_concurrently(tasks, 3)
+    assert sorted(done) == [0, 1, 2, 3, 4]
+    with pytest.raises(StagePaused):  # a deadline pause wins over another failure: the rerun resumes both
+        run_concurrently([fails, *tasks, pauses], 3)
+    assert len(done) == 10  # the others still finished
+    with pytest.raises(ValueError, match="broken"):
+        run_concurrently([fails, *tasks], 1)
+
+
+def test_plan_lists_every_refinement_and_an_estimate(capsys):
+    from benchmarks.quality.run import main, refine_jobs
+    from benchmarks.quality.suite_config import default_config
+
+    assert main(["--data-dir", "d", "--out-dir", "o", "--plan", "--device", "cpu", "--no-act"]) == 0
+    out = capsys.readouterr().out
+    jobs = refine_jobs(default_config())
+    assert f"refinements: {len(jobs)} " in out and all(j.name in out for j in jobs)
+    assert "generators      6.0" in out and "total" in out  # CT only (--no-act): 6 minutes
+
+
 def test_budget_minutes_list_makes_smaller_generators_and_their_rows(tmp_path):
     from benchmarks.quality.plan import raw_samples
     from benchmarks.quality.run import build_parser, config_from_args, refine_jobs
