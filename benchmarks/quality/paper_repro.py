@@ -45,6 +45,7 @@ from ccfast.io_utils import write_json_atomic  # noqa: E402
 
 from . import external, stages  # noqa: E402
 from .plan import sample_name  # noqa: E402
+from .report import BUDGET_LABELS  # noqa: E402
 from .run import EXIT_PAUSED, Suite, log, parse_float_list, parse_int_list  # noqa: E402
 from .stages import Stage, StagePaused, StageRunner  # noqa: E402
 from .suite_config import SuiteConfig  # noqa: E402
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 3,5,7,10,25)")
     r.add_argument("--alpha-scales", type=parse_float_list, help="grid of c for α = c·ε/T (default 1,1.5,2,3), chosen "
                    "at the smallest and largest budget")
+    r.add_argument("--budget-methods", default="bigroc,paper,scaled,joint_ce,robust_eq12", help="curves of the "
+                   "equal-budget comparison (default all: bigroc, paper, scaled, joint_ce, robust_eq12)")
     r.add_argument("--methods", default="bigroc,paper,sgld", help="presets refined at their own settings on every "
                    "sample file (default bigroc,paper,sgld)")
     r.add_argument("--engine", default="torch", help="a fast engine to refine the bigroc/paper rows again, reported "
@@ -133,6 +136,10 @@ def paper_config(args, n_eval: int) -> SuiteConfig:
         raise CCFastError(f"--methods: unknown {sorted(unknown)}; choose from bigroc, paper, sgld")
     if args.alpha_scales:
         cfg.alpha_scales = args.alpha_scales
+    cfg.budget_methods = tuple(m.strip() for m in args.budget_methods.split(",") if m.strip())
+    unknown = set(cfg.budget_methods) - set(BUDGET_LABELS)
+    if unknown:
+        raise CCFastError(f"--budget-methods: unknown {sorted(unknown)}; choose from {', '.join(BUDGET_LABELS)}")
     if args.ell0_data is None:
         cfg.budget_methods = tuple(m for m in cfg.budget_methods if m != "robust_eq12")
     cfg.fast_engines = () if args.engine == "torch" else (args.engine,)
