@@ -375,6 +375,10 @@ def test_report_aggregates_seeds_and_says_which_differences_exceed_the_spread(tm
     assert eng["engine_setup_seconds"] == 20.0 and eng["refine_seconds_per_10k_engine"] == 0.5
     lines, _ = report.findings(run, list(rows.values()), cfg)
     assert any("joint PGD's FID is lower than BIGROC's" in x and "exceeds the seed spread" in x for x in lines)
+    goals = report.targets(list(rows.values()), list(points.values()), [eng], cfg)
+    assert "T=3 +0.5% (paper) — not met at any budget" in goals[0]  # 95.5+ vs 95+: joint is worse at T=3
+    assert goals[1].endswith("2-step samples: -20.3% — not met")  # (80.5 − 101) / 101: short of −25%
+    assert "largest |Δ| 0.50%" in goals[2] and goals[2].endswith("met")
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10" / "test.npz").exists(), reason="shared CIFAR-10 data not present")
