@@ -55,7 +55,8 @@ def estimate(cfg, workers: int) -> dict[str, float]:
         "generators": (cfg.gen_minutes * (2 if cfg.train_act else 1) + sum(cfg.extra_gen_minutes())
                        if cfg.gen_iters is None else float("nan")),
         "samples": n_raw * SAMPLE_FILE_S * cfg.n_eval / 10000 / 60,
-        "classifiers": factor * (CLASSIFIER_MIN["robust"] * cfg.robust.iters + CLASSIFIER_MIN["joint"] * cfg.joint.iters),
+        "classifiers": factor * (CLASSIFIER_MIN["robust"] * cfg.robust.iters
+                                 + CLASSIFIER_MIN["joint"] * cfg.joint.iters),
         "refine": factor * (timed + untimed / speedup) / 60,
         "eval": (2 * EVAL_CALL_S + (len(jobs) + len(raw_samples(cfg))) * EVAL_FILE_S * cfg.n_eval / 10000 / speedup)
         / 60,

@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        groups = list(STAGE_GROUPS) if args.stages == "all" else [g.strip() for g in args.stages.split(",") if g.strip()]
+        groups = (list(STAGE_GROUPS) if args.stages == "all"
+                  else [g.strip() for g in args.stages.split(",") if g.strip()])
         unknown = set(groups) - set(STAGE_GROUPS)
         if unknown:
             raise CCFastError(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGE_GROUPS)}")

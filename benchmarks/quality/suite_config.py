@@ -4,8 +4,9 @@ Choices that depart from the papers because of the budget or the 32×32 data are
 ("Settings and why"). In short:
 - training-time attack radii are the SPEC's ImageNet-64 values halved (an L2 norm grows with sqrt(#pixels), and
   32×32 has a quarter of the pixels of 64×64); the refinement presets are used exactly as ccfast defines them;
-- both classifiers start from the standard CIFAR ResNet (20 by default, `--clf-arch`) of shared/data/models (no robust CIFAR model is
-  available offline); the joint model starts from the robust one, as the paper starts from a robust ResNet-50;
+- both classifiers start from the standard CIFAR ResNet (20 by default, `--clf-arch`) of shared/data/models (no
+  robust CIFAR model is available offline); the joint model starts from the robust one, as the paper starts from
+  a robust ResNet-50;
 - learning rates are raised from the ImageNet fine-tuning value (1e-5) to 1e-4 for a few thousand iterations.
 """
 
