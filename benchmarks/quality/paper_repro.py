@@ -46,8 +46,9 @@ from ccfast.io_utils import write_json_atomic  # noqa: E402
 from . import external, stages  # noqa: E402
 from .plan import sample_name  # noqa: E402
 from .report import BUDGET_LABELS  # noqa: E402
-from .run import EXIT_PAUSED, Suite, log, parse_float_list, parse_int_list  # noqa: E402
-from .stages import Stage, StagePaused, StageRunner  # noqa: E402
+from .run import (Suite, default_workers, log, parse_float_list, parse_int_list, parse_stages,  # noqa: E402
+                  run_until_paused)
+from .stages import Stage, StageRunner  # noqa: E402
 from .suite_config import SuiteConfig  # noqa: E402
 
 PROG = "python -m benchmarks.quality.paper_repro"
@@ -160,7 +161,7 @@ class PaperSuite(Suite):
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise CCFastError(f"--device {self.device}: no CUDA GPU is visible; use --device cpu")
-        self.workers = args.workers or (3 if self.device.startswith("cuda") else 1)
+        self.workers = args.workers or default_workers(self.device)
         self.runner = StageRunner(self.out, force={s for s in args.force.split(",") if s}, log=log)
         self.progress = not args.quiet
         self.deadline = time.monotonic() + 60 * args.deadline_minutes if args.deadline_minutes is not None else None
@@ -231,13 +232,7 @@ class PaperSuite(Suite):
             self.stage_refine(self.refine_jobs())
         if "eval" in groups:
             self.stage_eval()
-        if "refine" in groups and self.stage_calibrate():
-            self.stage_refine([j for j in self.refine_jobs() if j.method == "scaled" and j.group == "budget"])
-            if "eval" in groups:
-                self.stage_eval()
-        if "report" in groups:
-            self.stage_report()
-        log(f"done: ran {len(self.runner.ran)} stage(s), {len(self.runner.skipped)} up to date; outputs in {self.out}")
+        self.finish(groups)
 
 
 def sample_shape(path: Path) -> tuple[int, int]:
@@ -252,24 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        groups = (list(STAGE_GROUPS) if args.stages == "all"
-                  else [g.strip() for g in args.stages.split(",") if g.strip()])
-        unknown = set(groups) - set(STAGE_GROUPS)
-        if unknown:
-            raise CCFastError(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGE_GROUPS)}")
+        groups = parse_stages(args.stages, STAGE_GROUPS)
         for name in ("robust_checkpoint", "ref", "samples_1step"):
             if not getattr(args, name).exists():
                 raise CCFastError(f"--{name.replace('_', '-')} {getattr(args, name)}: no such file")
         if args.commit:
             stages.COMMIT_OVERRIDE = args.commit
         n, size = sample_shape(args.samples_1step)
-        suite = PaperSuite(args, paper_config(args, n), size)
-        try:
-            suite.run(groups)
-        except StagePaused as exc:
-            log(f"paused: {exc}\nrun the same command again to continue")
-            return EXIT_PAUSED
-        return 0
+        return run_until_paused(PaperSuite(args, paper_config(args, n), size), groups)
 
     return run_main(PROG, body)
 

@@ -113,24 +113,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_float_list(text: str) -> tuple[float, ...]:
+def _number_list(text: str, kind: type, least: float, what: str) -> tuple:
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+    if not values or min(values) < least:
+        raise argparse.ArgumentTypeError(f"expected {what} >= {least:g}, got {text!r}")
+    return values
+
+
+def parse_float_list(text: str) -> tuple[float, ...]:
+    """'2,4.5' -> (2.0, 4.5): positive numbers (minutes, scale factors)."""
+    values = _number_list(text, float, 0.0, "numbers")
+    if min(values) == 0:
         raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
     return values
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
+    """'3,5,7' -> (3, 5, 7): step budgets."""
+    return _number_list(text, int, 1, "integers")
+
+
+def default_workers(device: str) -> int:
+    return 3 if device.startswith("cuda") else 1
+
+
+def parse_stages(text: str, allowed: tuple[str, ...]) -> list[str]:
+    groups = list(allowed) if text == "all" else [g.strip() for g in text.split(",") if g.strip()]
+    unknown = set(groups) - set(allowed)
+    if unknown:
+        raise CCFastError(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(allowed)}")
+    return groups
+
+
+def run_until_paused(suite, groups: list[str]) -> int:
+    """Run the suite's stages; 0 when done, EXIT_PAUSED when a deadline stopped it with its progress saved."""
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
+        suite.run(groups)
+    except StagePaused as exc:
+        log(f"paused: {exc}\nrun the same command again to continue")
+        return EXIT_PAUSED
+    return 0
 
 
 def default_device(args) -> str:
@@ -231,7 +256,7 @@ class Suite:
             external.CHILD_THREADS = 1
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise CCFastError(f"--device {self.device}: no CUDA GPU is visible; use --device cpu (or --smoke)")
-        self.workers = args.workers or (3 if self.device.startswith("cuda") else 1)
+        self.workers = args.workers or default_workers(self.device)
         self.runner = StageRunner(self.out, force={s for s in args.force.split(",") if s}, log=log)
         self.progress = not args.quiet
         self.deadline = time.monotonic() + 60 * args.deadline_minutes if args.deadline_minutes is not None else None
@@ -525,6 +550,17 @@ class Suite:
 
     # ------------------------------------------------------------------ all of it
 
+    def finish(self, groups: list[str]) -> None:
+        """After the first refine and eval: α = c·ε/T needs c, chosen from the evaluated calibration refinements;
+        then its jobs run and are scored, and the report is written."""
+        if "refine" in groups and self.stage_calibrate():
+            self.stage_refine([j for j in self.refine_jobs() if j.method == SCALED and j.group == "budget"])
+            if "eval" in groups:
+                self.stage_eval()
+        if "report" in groups:
+            self.stage_report()
+        log(f"done: ran {len(self.runner.ran)} stage(s), {len(self.runner.skipped)} up to date; outputs in {self.out}")
+
     def run(self, groups: list[str]) -> None:
         write_json_atomic(self.path("suite_config.json"), {"config": self.cfg.to_dict(), "argv": sys.argv})
         if self.cfg.smoke:
@@ -556,24 +592,14 @@ class Suite:
         for group, fn in steps:
             if group in groups:
                 fn()
-        # α = c·ε/T needs c, chosen from the evaluated calibration refinements; then its jobs run and are scored.
-        if "refine" in groups and self.stage_calibrate():
-            self.stage_refine([j for j in self.refine_jobs() if j.method == SCALED and j.group == "budget"])
-            if "eval" in groups:
-                self.stage_eval()
-        if "report" in groups:
-            self.stage_report()
-        log(f"done: ran {len(self.runner.ran)} stage(s), {len(self.runner.skipped)} up to date; outputs in {self.out}")
+        self.finish(groups)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        groups = list(STAGE_GROUPS) if args.stages == "all" else [g.strip() for g in args.stages.split(",") if g.strip()]
-        unknown = set(groups) - set(STAGE_GROUPS)
-        if unknown:
-            raise CCFastError(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGE_GROUPS)}")
+        groups = parse_stages(args.stages, STAGE_GROUPS)
         if args.commit:
             stages.COMMIT_OVERRIDE = args.commit
         if args.lanes > 1:
@@ -586,15 +612,9 @@ def main(argv: list[str] | None = None) -> int:
             from .estimate import print_plan
 
             device = default_device(args)
-            print_plan(config_from_args(args), args.workers or (3 if device.startswith("cuda") else 1))
+            print_plan(config_from_args(args), args.workers or default_workers(device))
             return 0
-        suite = Suite(args, config_from_args(args))
-        try:
-            suite.run(groups)
-        except StagePaused as exc:
-            log(f"paused: {exc}\nrun the same command again to continue")
-            return EXIT_PAUSED
-        return 0
+        return run_until_paused(Suite(args, config_from_args(args)), groups)
 
     return run_main(PROG, body)
 
