@@ -1,44 +1,49 @@
-"""Refinement-step throughput, side by side in one run on one GPU (issue 5).
+"""Refinement-step throughput and memory, every contender side by side in one run on one GPU (issues 5, 12, 15).
 
-    python benchmarks/bench_refine.py --out benchmarks/results/ [--batches 256,1,16] [--steps 10]
+    python benchmarks/bench_refine.py --out OUT --arch resnet50,wide_resnet50_2 --batches 256,1,16 --early-stop 0
 
-Section 1 — ResNet-50 at 64×64 (random weights, BatchNorm statistics calibrated on the inputs; timing does
-not depend on the weights), paper objective (Eq. 12), α=0.1, ε=1.5, early stopping off, for each batch B:
-    torchattacks PGDL2      fp32 eager, the attack users pick today (CE loss; same network work per step)
-    reference engine        `--engine torch`: fp32 eager, T+1 forwards for T steps
-    eager + CUDA graph      one eager step of the model cast to bf16, captured in a CUDA graph
-    compile + CUDA graph    torch.func.grad + torch.compile (Inductor, default mode, static shapes) of the
-                            model cast to bf16, one step captured in a CUDA graph: the best plain-PyTorch
-                            recipe of issue 5
-    triton engine           `--engine triton` defaults (bf16 autocast with bf16 weights, compiled,
-                            channels_last, BN folded, first conv padded to 8 channels, fused kernels,
-                            T steps per graph); ms/step = refine_batch wall time / T (it includes
-                            the final forward and the host work), and separately the graph replay per step
-Reported: ms per step, image-steps/s, ratios against torchattacks and against compile + CUDA graph, set-up
-cost (compile, capture) apart, and a kernel-level profile of one engine step (where the time goes).
+Section 1, for each --arch (at --size×--size; random weights, BatchNorm statistics calibrated on the inputs:
+timing does not depend on the weights) and each batch B: paper objective (Eq. 12), α=0.1, ε=1.5, early
+stopping off, T=--steps steps per timed call. Contenders (--methods):
+    torchattacks         PGDL2, fp32 eager, the attack library users have (CE loss; same network work per
+                         step); only if torchattacks is installed
+    reference            `--engine torch`: fp32 eager (the engine turns TF32 off), T+1 forwards for T steps
+    compile-graph        THE BASELINE, the best plain-PyTorch recipe a user would write: the model with BN
+                         folded as the triton engine folds it (ccfast.bn_fold), cast to bf16, channels_last;
+                         one step = torch.func.grad + torch.compile (Inductor default mode, static shapes,
+                         compiled per (arch, batch)), captured in a CUDA graph. Every x_vs_recipe is against it
+    compile-graph-nchw   the same recipe without channels_last (an extra row, labelled NCHW; --nchw-batches)
+    eager-graph          the recipe without torch.compile (eager step in a CUDA graph); off by default
+    triton               `--engine triton` (--triton-options): whole refine_batch, and its T-step graph replay
+    triton-eager         the triton engine with compile=0; off by default
+    ort                  `--engine ort`, one row per --ort-variant NAME:KEY=V,... (engine options, forwarded)
+    trt                  `--engine trt` where a TensorRT runtime runs on this GPU (else a row saying why)
+Each row: median over --reps timed calls after --warmup calls (the input batch rotates over 3 sets between
+calls, loaded outside the timed region); graph replays are timed with CUDA events, whole engine calls with
+synchronised wall time. ms_per_step = call time / T; image_steps_per_s = B / (s per step). Memory: peak_mib
+is the peak of PyTorch's allocator during the row's set-up and calls above what was allocated when the row
+began (ort/trt rows: growth of device memory in use, cudaMemGetInfo, which sees their own allocators);
+growth_mib is memory after the last timed call minus after call 2 (0 = repeated calls do not grow it).
+max_abs_dx: largest |x − x_reference| after the same T steps on input set 0 (engine rows).
 
-Section 2 — early stopping on real images: CIFAR-10 test images (32×32) and the pretrained CIFAR ResNet-56
-of shared/data, `paper` preset (T=25, τ = ℓ0 = mean ℓ_fake over other real test images). What counts is
-useful image-steps/s: steps actually taken by still-active images, per second of wall time.
-Reference engine vs triton engine without compaction vs with compaction.
+Section 2 (--early-stop 1, needs --data): early stopping on real images: CIFAR-10 test images and the
+pretrained CIFAR ResNet-56, `paper` preset; useful image-steps/s of the reference engine and the triton engine
+with and without compaction.
 
-Writes OUT/bench_refine.csv and OUT/bench_refine.md as rows complete (atomic writes), so a run cut short
-keeps what it measured. `--budget-s` skips what would start after that many seconds.
+Writes OUT/bench_refine.csv and OUT/bench_refine.md after every row (atomic), so a run cut short keeps what
+it measured, and prints a short table at the end. `--budget-s` skips what would start after that many s.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
+import copy
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,232 +52,379 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ccfast.config import RefineConfig
-from ccfast.io_utils import write_text_atomic
-from ccfast.models import build_model, load_backbone_weights
-from ccfast.objectives import HeadParams, objective_ref
-from ccfast.pgd import pgd_step_ref
-from ccfast.refine.base import ResolvedScalars
+from benchmarks.harness import (MIB, InputPool, MemoryMeter, Report, capture, parse_engine_options,  # noqa: E402
+                                parse_int_list, parse_variants, run_metadata, sync, time_calls)
+from ccfast.bn_fold import fold_batchnorm  # noqa: E402
+from ccfast.config import RefineConfig  # noqa: E402
+from ccfast.errors import CCFastError  # noqa: E402
+from ccfast.models import build_model, load_backbone_weights  # noqa: E402
+from ccfast.objectives import HeadParams, objective_ref  # noqa: E402
+from ccfast.pgd import pgd_step_ref  # noqa: E402
+from ccfast.refine.base import ResolvedScalars  # noqa: E402
 
-FIELDS = ["section", "method", "batch", "dtype", "ms_per_step", "image_steps_per_s", "x_vs_torchattacks",
-          "x_vs_compile_graph", "setup_s", "notes"]
-
-
-class Report:
-    def __init__(self, out: Path, meta: dict):
-        self.out, self.meta, self.rows, self.extra = out, meta, [], {}
-
-    def add(self, **row):
-        row = {k: row.get(k, "") for k in FIELDS}
-        self.rows.append(row)
-        print(" | ".join(f"{row[k]}" for k in FIELDS[:8]), row["notes"], flush=True)
-        self.write()
-
-    def ratios(self):
-        base = {}
-        for r in self.rows:
-            if r["section"] == "resnet50" and isinstance(r["image_steps_per_s"], float):
-                base.setdefault((r["method"], r["batch"]), r["image_steps_per_s"])
-        for r in self.rows:
-            if r["section"] != "resnet50" or not isinstance(r["image_steps_per_s"], float):
-                continue
-            ta, cg = base.get(("torchattacks PGDL2", r["batch"])), base.get(("compile + CUDA graph", r["batch"]))
-            r["x_vs_torchattacks"] = round(r["image_steps_per_s"] / ta, 2) if ta else ""
-            r["x_vs_compile_graph"] = round(r["image_steps_per_s"] / cg, 2) if cg else ""
-
-    def write(self):
-        self.ratios()
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(self.rows)
-        write_text_atomic(self.out / "bench_refine.csv", buf.getvalue())
-        write_text_atomic(self.out / "bench_refine.md", self.markdown())
-
-    def markdown(self) -> str:
-        m = self.meta
-        lines = ["# bench_refine", "", f"card: **{m['card']}**; {m['versions']}; commit {m['commit']}; {m['date']}", "",
-                 m["setup"], "", "| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
-        for r in self.rows:
-            lines.append("| " + " | ".join(str(r[k]) for k in FIELDS) + " |")
-        for title, text in self.extra.items():
-            lines += ["", f"## {title}", "", text]
-        return "\n".join(lines) + "\n"
+FIELDS = ["section", "method", "batch", "dtype", "ms_per_step", "image_steps_per_s", "x_vs_recipe",
+          "x_vs_torchattacks", "peak_mib", "growth_mib", "max_abs_dx", "setup_s", "notes"]
+SHORT = ["section", "method", "batch", "dtype", "ms_per_step", "image_steps_per_s", "x_vs_recipe", "peak_mib",
+         "growth_mib"]
+BASELINE = "recipe: compile+graph, channels_last"
+TORCHATTACKS = "torchattacks PGDL2"
+DEFAULT_METHODS = "torchattacks,reference,compile-graph,compile-graph-nchw,triton,ort,trt"
+ALL_METHODS = ("torchattacks", "reference", "compile-graph", "compile-graph-nchw", "eager-graph", "triton",
+               "triton-eager", "ort", "trt")
+DEFAULT_ORT_VARIANTS = ["fp32", "fp16:dtype=fp16"]
+ALPHA, EPS = 0.1, 1.5
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# ---------------------------------------------------------------- what a contender hands the driver
 
 
-def median_time(fn, device, reps=5, warmup=1) -> float:
-    """Median wall seconds of fn() (synchronised), after warm-up."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+@dataclass
+class Timed:
+    """One row's timed thing: `call()` does `steps` refinement steps on the input set `load(i)` put in place."""
+
+    method: str
+    dtype: str
+    call: Callable[[], object]
+    load: Callable[[int], None]
+    steps: int
+    clock: str = "wall"  # "event" for graph replays (GPU time), "wall" for whole engine calls
+    notes: str = ""
 
 
-def capture(fn, device):
-    """Warm fn up on a side stream and capture it in a CUDA graph; returns a replay callable (or fn on CPU)."""
-    if device.type != "cuda":
-        return fn
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    sync(device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    sync(device)
-    return graph.replay
+@dataclass
+class Bench:
+    """What every contender's set-up needs for one architecture; engines live here across batch sizes."""
+
+    arch: str
+    model: torch.nn.Module  # fp32, eval, BN calibrated, on the device
+    device: torch.device
+    args: argparse.Namespace
+    head: HeadParams = field(default_factory=lambda: HeadParams(ell0=2.0))
+    engines: dict = field(default_factory=dict)
+    _lowp: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> RefineConfig:
+        return RefineConfig(steps=self.args.steps, alpha=ALPHA, eps=EPS, early_stop="none")
+
+    @property
+    def scalars(self) -> ResolvedScalars:
+        return ResolvedScalars(tau=None, head=self.head)
+
+    def recipe_network(self, channels_last: bool) -> torch.nn.Module:
+        """The plain-PyTorch recipe's network: BN folded (the engine's function), then bf16 weights."""
+        if channels_last not in self._lowp:
+            net, status = fold_batchnorm(copy.deepcopy(self.model).eval())
+            if status != "on":
+                raise CCFastError(f"BN folding failed for {self.arch}: {status}")
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            self._lowp[channels_last] = net.to(torch.bfloat16).to(memory_format=fmt).requires_grad_(False)
+        return self._lowp[channels_last]
 
 
-def graph_time_per_call(replay, device, calls=20, reps=5) -> float:
-    return median_time(lambda: [replay() for _ in range(calls)], device, reps=reps) / calls
+def engine_call(eng, pool: InputPool) -> tuple[Callable, Callable]:
+    """(call, load) for an engine's refine_batch on the pool's rotating input sets."""
+    current = {}
+    idx = torch.arange(pool.batch)
+
+    def load(i):
+        current["x0"], current["labels"] = pool.get(i)
+
+    def call():
+        return eng.refine_batch(current["x0"], current["labels"], idx)
+
+    return call, load
 
 
-# ---------------------------------------------------------------- the contenders (one batch each)
+# ---------------------------------------------------------------- the contenders: one set-up function each
 
 
-def make_inputs(B, size, num_classes, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # Smooth random images (low-frequency noise, upsampled): closer to photographs than white noise.
-    low = torch.rand(B, 3, max(2, size // 8), max(2, size // 8), generator=g)
-    x0 = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-    x0 = (x0 + 0.05 * torch.randn(x0.shape, generator=g)).clamp(0, 1)
-    labels = torch.randint(0, num_classes, (B,), generator=g)
-    return x0.to(device), labels.to(device)
-
-
-def bench_torchattacks(model, x0, labels, steps, device):
+def setup_torchattacks(b: Bench, pool: InputPool) -> list[Timed]:
     import torchattacks
 
-    atk = torchattacks.PGDL2(model, eps=1.5, alpha=0.1, steps=steps, random_start=False)
-    return median_time(lambda: atk(x0, labels), device, reps=3) / steps, f"torchattacks {torchattacks.__version__}"
+    atk = torchattacks.PGDL2(b.model, eps=EPS, alpha=ALPHA, steps=b.args.steps, random_start=False)
+    current = {}
+
+    def load(i):
+        current["x0"], current["labels"] = pool.get(i)
+
+    return [Timed(TORCHATTACKS, "fp32", lambda: atk(current["x0"], current["labels"]), load, b.args.steps,
+                  notes=f"torchattacks {torchattacks.__version__}, CE loss, no random start, PyTorch default "
+                        "flags (cuDNN TF32 on)")]
 
 
-def bench_reference(model, x0, labels, steps, device, head):
+def setup_reference(b: Bench, pool: InputPool) -> list[Timed]:
     from ccfast.refine.torch_engine import TorchEngine
 
-    cfg = RefineConfig(steps=steps, alpha=0.1, eps=1.5, early_stop="none")
-    eng = TorchEngine(model, cfg, ResolvedScalars(tau=None, head=head), device)
-    idx = torch.arange(len(x0))
-    return median_time(lambda: eng.refine_batch(x0, labels, idx), device, reps=3) / steps, "fp32 eager, T+1 forwards"
+    call, load = engine_call(TorchEngine(b.model, b.config, b.scalars, b.device), pool)
+    return [Timed("reference engine", "fp32", call, load, b.args.steps, notes="--engine torch, fp32 eager (TF32 "
+                  "off), T+1 forwards for T steps")]
 
 
-def bench_eager_graph(model, x0, labels, device, head, dtype):
-    """The recipe's network is the model cast to bf16 (weights and input), as a plain PyTorch user would."""
-    x = x0.clone()
-    active = torch.ones(len(x0), dtype=torch.bool, device=device)
-
-    def step():
-        xr = x.detach().requires_grad_(True)
-        logits = model(xr.to(dtype))
-        J, _ = objective_ref(logits.float(), labels, head)
-        (g,) = torch.autograd.grad(J.sum(), xr)
-        x.copy_(pgd_step_ref(x, g, x0, active, 0.1, 1.5))
-
-    replay = capture(step, device)
-    return graph_time_per_call(replay, device), "one eager step per graph replay"
-
-
-def bench_compile_graph(model, x0, labels, device, head, dtype):
-    x = x0.clone()
-    active = torch.ones(len(x0), dtype=torch.bool, device=device)
+def _recipe(b: Bench, pool: InputPool, channels_last: bool, compiled: bool) -> list[Timed]:
+    """One step of the recipe on static buffers, captured in a CUDA graph; a call = T replays."""
+    net, dev = b.recipe_network(channels_last), b.device
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x0_static, labels = pool.get(0)
+    x0_static = x0_static.clone().contiguous(memory_format=fmt)
+    x, labels = x0_static.clone(), labels.clone()
+    active = torch.ones(pool.batch, dtype=torch.bool, device=dev)
+    head = b.head
 
     def loss(xi):
-        return objective_ref(model(xi.to(dtype)).float(), labels, head)[0].sum()
+        return objective_ref(net(xi.to(torch.bfloat16)).float(), labels, head)[0].sum()
 
     def step(xi):
-        g = torch.func.grad(loss)(xi)
-        return pgd_step_ref(xi, g, x0, active, 0.1, 1.5)
+        return pgd_step_ref(xi, torch.func.grad(loss)(xi), x0_static, active, ALPHA, EPS)
 
-    compiled = torch.compile(step, dynamic=False)
-    t0 = time.perf_counter()
-    x.copy_(compiled(x))
-    sync(device)
-    compile_s = time.perf_counter() - t0
-    replay = capture(lambda: x.copy_(compiled(x)), device)
-    return graph_time_per_call(replay, device), compile_s
+    fn = torch.compile(step, dynamic=False) if compiled and b.args.recipe_compile else step
+    x.copy_(fn(x))  # compiles here (set-up), outside the graph
+    replay = capture(lambda: x.copy_(fn(x)), dev)
+
+    def load(i):
+        xs, ls = pool.get(i)
+        x.copy_(xs)
+        x0_static.copy_(xs)
+        labels.copy_(ls)
+
+    def call():
+        for _ in range(b.args.steps):
+            replay()
+
+    layout = "channels_last" if channels_last else "NCHW"
+    kind = "compile+graph" if compiled else "eager+graph"
+    method = f"recipe: {kind}, {layout}" + ("" if channels_last else " (extra row)")
+    how = ("torch.func.grad + torch.compile (Inductor default, static shapes)" if fn is not step
+           else "torch.func.grad, eager")
+    return [Timed(method, "bf16", call, load, b.args.steps, clock="event",
+                  notes=f"BN folded (ccfast.bn_fold), model.to(bf16), {layout}, {how}, one step per CUDA graph "
+                        "replay; setup = compile + capture")]
 
 
-def make_triton(model, steps, device, head, **opts):
-    """One engine serves every batch size (one compile; each new size only captures its graphs)."""
+def setup_compile_graph(b, pool):
+    return _recipe(b, pool, channels_last=True, compiled=True)
+
+
+def setup_compile_graph_nchw(b, pool):
+    return _recipe(b, pool, channels_last=False, compiled=True)
+
+
+def setup_eager_graph(b, pool):
+    return _recipe(b, pool, channels_last=True, compiled=False)
+
+
+def _triton(b: Bench, pool: InputPool, key: str, label: str, options: dict) -> list[Timed]:
     from ccfast.refine.triton_engine import TritonEngine
 
-    cfg = RefineConfig(steps=steps, alpha=0.1, eps=1.5, early_stop="none")
-    return TritonEngine(model, cfg, ResolvedScalars(tau=None, head=head), device, **opts)
-
-
-def make_ort(model, args, device, head):
-    """`--engine ort` on the same network: export its fp32 step graph once, one bucket per batch size."""
-    import copy
-    import tempfile
-
-    from ccfast.onnx_export.build import export_step_graph
-    from ccfast.refine.ort_engine import OrtEngine
-
-    path = Path(tempfile.mkdtemp(prefix="ccfast-bench-")) / "step-fp32.onnx"
-    export_step_graph(copy.deepcopy(model).cpu(), (args.size, args.size), path, "fp32")
-    cfg = RefineConfig(steps=args.steps, alpha=0.1, eps=1.5, early_stop="none")
-    extra = {"buckets": args.batches} if device.type == "cuda" else {}
-    return OrtEngine(model, cfg, ResolvedScalars(tau=None, head=head), device, onnx=str(path), **extra)
-
-
-def bench_triton(eng, x0, labels, steps, device):
-    idx = torch.arange(len(x0))
-    t0 = time.perf_counter()
-    eng.refine_batch(x0, labels, idx)  # first call at this size: compile (first size only), warm-up, capture
-    sync(device)
-    setup_s = time.perf_counter() - t0
-    per_step = median_time(lambda: eng.refine_batch(x0, labels, idx), device, reps=5) / steps
-    bucket = eng._buckets[eng._bucket_size(len(x0), initial=True)]
-    replay_step = None
+    if key not in b.engines:  # one engine for every batch size: one compile, each size only captures
+        b.engines[key] = TritonEngine(b.model, b.config, b.scalars, b.device, **options)
+    eng = b.engines[key]
+    call, load = engine_call(eng, pool)
+    load(0)
+    call()  # first call at this size: compile (first size only), warm-up, capture
+    t = eng.timings()
+    bucket = eng._buckets[eng._bucket_size(pool.batch, initial=True)]
+    opts = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+    rows = [Timed(label, eng.opts.dtype, call, load, b.args.steps,
+                  notes=f"{opts}; refine_batch wall / T (includes the final forward and host work), bucket "
+                        f"{bucket.size}; compile {t['compile_s']:.1f}s once per engine; fold_bn {t['fold_bn']}")]
     if eng.opts.graphs:
         graph = bucket.graphs[(eng._K, True)]
-        replay_step = graph_time_per_call(graph.replay, device, calls=3) / eng._K
-    return per_step, replay_step, setup_s, bucket
+
+        def load_bucket(i):
+            bucket.load(*pool.get(i))
+
+        rows.append(Timed(f"{label}, graph replay only", eng.opts.dtype, graph.replay, load_bucket, eng._K,
+                          clock="event", notes=f"one {eng._K}-step graph replay (no final forward, no host work)"))
+    return rows
 
 
-def profile_engine_step(eng, bucket, device, steps=3) -> str:
-    """Kernel-level breakdown of one engine step, run eagerly (outside the graph) so the profiler sees
-    every kernel: count, GPU busy time, and the top kernels by time."""
-    if device.type != "cuda":
-        return "(no GPU)"
-    from torch.profiler import ProfilerActivity, profile
+def setup_triton(b, pool):
+    return _triton(b, pool, "triton", "triton engine", b.args.topts)
 
-    with eng._precision():
-        for _ in range(2):
-            eng._body(bucket, True)
-        sync(device)
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                eng._body(bucket, True)
-            sync(device)
-            wall = (time.perf_counter() - t0) / steps
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    busy = sum(e.device_time for e in kernels) / steps / 1e3  # ms
-    by_name: dict[str, list] = {}
-    for e in kernels:
-        by_name.setdefault(e.name, []).append(e.device_time)
-    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]
-    lines = [(f"batch {bucket.size}: {len(kernels) / steps:.0f} kernels per step, GPU busy {busy:.3f} ms per step, "
-              f"eager wall {wall * 1e3:.3f} ms per step (the CUDA graph removes the launch gaps)"), "",
-             "| kernel | calls/step | ms/step | share |", "|---|---|---|---|"]
-    for name, ts in top:
-        lines.append(f"| `{name[:90]}` | {len(ts) / steps:.0f} | {sum(ts) / steps / 1e3:.3f} | {sum(ts) / steps / 1e3 / busy:.0%} |")
-    return "\n".join(lines)
+
+def setup_triton_eager(b, pool):
+    return _triton(b, pool, "triton-eager", "triton engine, compile=0", b.args.topts | {"compile": "0"})
+
+
+def setup_ort_variant(name: str, options: dict) -> Callable[[Bench, InputPool], list[Timed]]:
+    def setup(b: Bench, pool: InputPool) -> list[Timed]:
+        from ccfast.refine.ort_engine import OrtEngine
+
+        key = f"ort:{name}"
+        if key not in b.engines:
+            opts = dict(options)
+            if b.device.type == "cuda":
+                opts.setdefault("buckets", ",".join(map(str, b.args.batch_list)))
+            b.engines[key] = OrtEngine(b.model, b.config, b.scalars, b.device, **opts)
+        eng = b.engines[key]
+        call, load = engine_call(eng, pool)
+        load(0)
+        call()  # first call at this size: (export on first use), session, IOBinding, graph capture
+        dtype = options.get("precision", options.get("dtype", "fp32"))
+        opts = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+        return [Timed(f"ort engine, {name}", dtype, call, load, b.args.steps,
+                      notes=f"--engine ort {opts}; CUDA graphs in use: {bool(eng.timings().get('cuda_graph'))}; "
+                            "T+1 graph calls; setup includes the export on first use")]
+
+    return setup
+
+
+def setup_trt(b: Bench, pool: InputPool) -> list[Timed]:
+    from ccfast.refine.trt_engine import TrtEngine
+
+    status = TrtEngine.availability()
+    if status != "ok":
+        raise NotRun(status)
+    if "trt" not in b.engines:
+        opts = {"buckets": ",".join(map(str, b.args.batch_list))} | b.args.trt_opts
+        b.engines["trt"] = TrtEngine(b.model, b.config, b.scalars, b.device, **opts)
+    eng = b.engines["trt"]
+    call, load = engine_call(eng, pool)
+    load(0)
+    call()
+    return [Timed("trt engine", b.args.trt_opts.get("dtype", "fp32"), call, load, b.args.steps,
+                  notes=getattr(eng, "runtime_name", "trt"))]
+
+
+class NotRun(Exception):
+    """A contender that cannot run here (its runtime is missing): a row that says why, not a failure."""
+
+
+SETUPS = {"torchattacks": setup_torchattacks, "reference": setup_reference, "compile-graph": setup_compile_graph,
+          "compile-graph-nchw": setup_compile_graph_nchw, "eager-graph": setup_eager_graph,
+          "triton": setup_triton, "triton-eager": setup_triton_eager, "trt": setup_trt}
+LABELS = {"torchattacks": TORCHATTACKS, "reference": "reference engine", "compile-graph": BASELINE,
+          "compile-graph-nchw": "recipe: compile+graph, NCHW (extra row)",
+          "eager-graph": "recipe: eager+graph, channels_last", "triton": "triton engine",
+          "triton-eager": "triton engine, compile=0", "trt": "trt engine"}
+MEMORY_COUNTER = {"ort": "device", "trt": "device"}  # their allocators are not PyTorch's
+
+
+# ---------------------------------------------------------------- the driver
+
+
+class Runner:
+    def __init__(self, report: Report, args, device):
+        self.report, self.args, self.device = report, args, device
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def budget_ok(self, what: str) -> bool:
+        if self.elapsed() > self.args.budget_s:
+            print(f"skipped (time budget {self.args.budget_s:.0f}s): {what}", flush=True)
+            return False
+        return True
+
+    def contender(self, b: Bench, pool: InputPool, key: str, label: str, setup, ref_images: dict) -> None:
+        common = {"section": b.arch, "batch": pool.batch}
+        if not self.budget_ok(f"{b.arch} {label} B={pool.batch}"):
+            self.report.add(method=label, notes="skipped: time budget", **common)
+            return
+        print(f"[{self.elapsed():6.1f}s] {b.arch} B={pool.batch}: {label} ...", flush=True)
+        meter = MemoryMeter(self.device, MEMORY_COUNTER.get(key.split(":")[0], "torch"))
+        meter.begin()
+        t0 = time.perf_counter()
+        try:
+            runs = setup(b, pool)
+            sync(self.device)
+            setup_s = time.perf_counter() - t0
+            for run in runs:
+                timing = time_calls(run.call, self.device, warmup=self.args.warmup, reps=self.args.reps,
+                                    before=run.load, clock=run.clock, probe=meter.read)
+                per_step = timing.median_s / run.steps
+                growth = timing.growth_bytes(2)
+                dx = self._dx(run, key, ref_images, pool.batch)
+                self.report.add(method=run.method, dtype=run.dtype, ms_per_step=round(per_step * 1e3, 4),
+                                image_steps_per_s=round(pool.batch / per_step, 1),
+                                peak_mib=round(meter.peak_above_start() / MIB, 1),
+                                growth_mib="" if growth is None else round(growth / MIB, 2), max_abs_dx=dx,
+                                setup_s=round(setup_s, 2), notes=f"{run.notes}; memory counter {meter.counter}",
+                                **common)
+                setup_s = ""
+        except NotRun as why:
+            self.report.add(method=label, notes=f"not run: {why}"[:300], **common)
+        except Exception as exc:  # noqa: BLE001 - a failed contender is a row saying so, not a lost run
+            traceback.print_exc()
+            self.report.add(method=label, notes=f"FAILED: {type(exc).__name__}: {exc}"[:300], **common)
+
+    def _dx(self, run: Timed, key: str, ref_images: dict, batch: int):
+        """Largest |Δx| from the reference engine's images on input set 0, for rows that return images."""
+        run.load(0)
+        out = run.call()
+        images = getattr(out, "images", None)
+        if images is None:
+            return ""
+        if key == "reference":
+            ref_images[batch] = images.detach().clone()
+            return ""
+        ref = ref_images.get(batch)
+        return f"{(images.float() - ref).abs().max().item():.2e}" if ref is not None else ""
+
+    def run_arch(self, arch: str, contenders: list[tuple[str, str, Callable]]) -> None:
+        args, device = self.args, self.device
+        print(f"[{self.elapsed():6.1f}s] {arch}: building the model", flush=True)
+        b = Bench(arch, make_model(arch, args.size, args.num_classes, device), device, args)
+        for B in args.batch_list:
+            pool = InputPool(B, args.size, args.num_classes, device, n_sets=3, seed=B)
+            ref_images: dict = {}
+            for key, label, setup in contenders:
+                if key == "compile-graph-nchw" and args.nchw_batches != "all" and B not in args.nchw_batch_list:
+                    continue
+                self.contender(b, pool, key, label, setup, ref_images)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        b.engines.clear()
+        del b
+        torch._dynamo.reset()  # the next architecture compiles afresh; this one's graphs are not kept
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def calibrate_bn(model, x):
+    """Running BatchNorm statistics from the inputs, so activations of the random network stay O(1)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+def make_model(arch: str, size: int, num_classes: int, device) -> torch.nn.Module:
+    from benchmarks.harness import make_inputs
+
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes).to(device)
+    calib_x, _ = make_inputs(64, size, num_classes, device, seed=123)
+    return calibrate_bn(model, calib_x).requires_grad_(False)
+
+
+def contender_list(args) -> list[tuple[str, str, Callable]]:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown:
+        raise CCFastError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+    out = []
+    for m in methods:
+        if m == "ort":
+            out += [(f"ort:{name}", f"ort engine, {name}", setup_ort_variant(name, opts)) for name, opts in
+                    args.ort_variant_list]
+        elif m == "torchattacks" and not _importable("torchattacks"):
+            print("torchattacks is not installed: its rows are left out", flush=True)
+        else:
+            out.append((m, LABELS[m], SETUPS[m]))
+    return out
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 # ---------------------------------------------------------------- section 2: early stopping on real images
@@ -287,10 +439,15 @@ def load_cifar(data_dir: Path, n: int, device):
     return images.to(device), torch.from_numpy(d["labels"][:n]).long().to(device)
 
 
-def early_stop_section(report: Report, args, device, budget_ok):
+def early_stop_section(runner: Runner) -> None:
     """Useful image-steps/s with early stopping. Two image sets: the real test images as they are (about half
     already at least as real as τ = ℓ0, their mean), and the same images with Gaussian noise (σ=0.1), a
     stand-in for generated samples that start below τ and stop at different steps."""
+    from ccfast.checkpoint import estimate_ell0
+    from ccfast.refine.torch_engine import TorchEngine
+    from ccfast.refine.triton_engine import TritonEngine
+
+    args, device, report = runner.args, runner.device, runner.report
     data_dir = Path(args.data)
     weights = data_dir / "resnet56-4bfd9763.th"
     if not weights.exists():
@@ -300,8 +457,6 @@ def early_stop_section(report: Report, args, device, budget_ok):
     model = model.to(device).eval().requires_grad_(False)
     n_ell0, n = 1024, args.es_images
     images, labels = load_cifar(data_dir, n_ell0 + n, device)
-    from ccfast.checkpoint import estimate_ell0
-
     ell0 = estimate_ell0(model, images[:n_ell0], labels[:n_ell0])
     x_all, y_all = images[n_ell0:], labels[n_ell0:]
     noise = torch.randn(x_all.shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -309,19 +464,18 @@ def early_stop_section(report: Report, args, device, budget_ok):
     cfg = RefineConfig.from_preset("paper")
     scalars = ResolvedScalars(tau=ell0, head=HeadParams(ell0=ell0))
     B = 256
-    from ccfast.refine.torch_engine import TorchEngine
-    from ccfast.refine.triton_engine import TritonEngine
-
     es_opts = {"compile": args.es_compile} | args.topts
     tag = f"bf16, compile={es_opts.get('compile')}"
-    contenders = [
-        ("reference engine", "fp32", lambda: TorchEngine(model, cfg, scalars, device)),
-        ("triton, no compaction", tag, lambda: TritonEngine(model, cfg, scalars, device, compact_every=cfg.steps, **es_opts)),
-        ("triton, compaction every 5", tag, lambda: TritonEngine(model, cfg, scalars, device, compact_every=5, **es_opts)),
-        ("triton, compaction every 2", tag, lambda: TritonEngine(model, cfg, scalars, device, compact_every=2, **es_opts)),
-    ]
+
+    def triton(every):
+        return lambda: TritonEngine(model, cfg, scalars, device, **(es_opts | {"compact_every": every}))
+
+    contenders = [("reference engine", "fp32", lambda: TorchEngine(model, cfg, scalars, device)),
+                  ("triton, no compaction", tag, triton(cfg.steps)),
+                  ("triton, compaction every 5", tag, triton(5)),
+                  ("triton, compaction every 2", tag, triton(2))]
     for name, dtype, make in contenders:
-        if not budget_ok(f"early stop: {name}"):
+        if not runner.budget_ok(f"early stop: {name}"):
             continue
         try:
             t0 = time.perf_counter()
@@ -333,7 +487,8 @@ def early_stop_section(report: Report, args, device, budget_ok):
             setup_s = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - one broken contender must not lose the others' numbers
             traceback.print_exc()
-            report.add(section="early-stop", method=name, batch=B, dtype=dtype, notes=f"FAILED: {type(exc).__name__}: {exc}"[:300])
+            report.add(section="early-stop", method=name, batch=B, dtype=dtype,
+                       notes=f"FAILED: {type(exc).__name__}: {exc}"[:300])
             continue
         for set_name, x_set in image_sets.items():
             t0 = time.perf_counter()
@@ -355,197 +510,160 @@ def early_stop_section(report: Report, args, device, budget_ok):
 # ---------------------------------------------------------------- main
 
 
-def calibrate_bn(model, x):
-    """Running BatchNorm statistics from the inputs, so activations of the random network stay O(1)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(x)
-    return model.eval()
-
-
-def meta_info(device, args) -> dict:
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    try:
-        import triton
-
-        tv = triton.__version__
-    except ImportError:
-        tv = "absent"
-    try:
-        import torchattacks
-
-        ta = torchattacks.__version__
-    except ImportError:
-        ta = "absent"
-    versions = (f"torch {torch.__version__}, triton {tv}, CUDA {torch.version.cuda}, cuDNN "
-                f"{torch.backends.cudnn.version() if device.type == 'cuda' else '-'}, torchattacks {ta}, Python {platform.python_version()}")
-    try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,memory.total", "--format=csv,noheader"],
-                                check=False, capture_output=True, text=True, timeout=20).stdout.strip()
-        versions += f", driver/clock/memory {driver}"
-    except (OSError, subprocess.SubprocessError):  # no nvidia-smi: the versions line just says less
-        versions += ", driver unknown"
-    return {"card": card, "versions": versions, "commit": args.commit, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "setup": (f"ResNet-50 at {args.size}×{args.size}, {args.steps} steps per timed call, paper objective (Eq. 12), α=0.1, ε=1.5, "
-                       "early stopping off in section 1. image-steps/s = batch / (s per step). The recipes' bf16 = model.to(bf16); the engine's = autocast over bf16 weights; "
-                       "torchattacks runs fp32 with PyTorch's default flags (cuDNN TF32 on); the reference engine is strict fp32 (TF32 off).")}
-
-
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="benchmarks/results", help="folder for bench_refine.csv/.md")
-    p.add_argument("--batches", default="256,1,16", help="batch sizes, in the order to run them")
-    p.add_argument("--steps", type=int, default=10, help="steps per timed call")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the report (REPORT_NAME.csv/.md)")
+    p.add_argument("--report-name", default="bench_refine", help="file stem of the report (default bench_refine)")
+    p.add_argument("--arch", default="resnet50,wide_resnet50_2", help="backbones, comma list (run in this order)")
+    p.add_argument("--batches", default="256,1,16", help="batch sizes, in the order to run them (default 256,1,16: "
+                   "the triton engine compiles once, at the first size, so Inductor's size hints are B=256's)")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed call (T)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per row (default 2)")
+    p.add_argument("--reps", type=int, default=8, help="timed calls per row, median reported (default 8)")
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--arch", default="resnet50")
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--methods", default="torchattacks,reference,eager-graph,compile-graph,triton,triton-eager,ort",
-                   help="which contenders to run (comma list)")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"contenders, comma list of {', '.join(ALL_METHODS)}")
+    p.add_argument("--ort-variant", action="append", default=None, metavar="NAME[:KEY=V,...]",
+                   help="an ort engine row per variant, its engine options forwarded as given (repeatable; "
+                        f"default {' '.join(DEFAULT_ORT_VARIANTS)})")
+    p.add_argument("--nchw-batches", default="256", help="batches for the NCHW recipe row ('all' for every batch)")
+    p.add_argument("--recipe-compile", type=int, default=1, help="0: the recipes run eagerly (CPU smoke runs)")
+    p.add_argument("--triton-options", default="", help="triton engine options, KEY=VALUE comma list (e.g. for a "
+                   "CPU smoke run: graphs=0,compile=0,dtype=fp32)")
+    p.add_argument("--trt-options", default="", help="trt engine options, KEY=VALUE comma list")
+    p.add_argument("--extras", default="", help="triton engine variants run last on the first arch, "
+                   "'B:KEY=V,KEY=V;B:...' (e.g. 256:pad_channels=0,cast_weights=0)")
     p.add_argument("--early-stop", type=int, default=1, help="run section 2 (needs --data)")
     p.add_argument("--es-images", type=int, default=1024)
     p.add_argument("--es-compile", default="1", help="compile option of the triton engine in section 2")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"),
                    help="folder with cifar10_test.npz (or cifar10/test.npz) and resnet56-4bfd9763.th (or models/...)")
+    p.add_argument("--profile", type=int, default=0, help="1: a kernel-level profile of one triton step per batch")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--extras", default="", help="engine variants run last, 'B:KEY=V,KEY=V;B:...' (e.g. 256:pad_channels=0,cast_weights=0)")
-    p.add_argument("--triton-options", default="", help="extra triton engine options, KEY=VALUE comma list (e.g. for a CPU smoke run: graphs=0,compile=0,dtype=fp32)")
-    p.add_argument("--budget-s", type=float, default=1e9, help="skip contenders that would start after this many seconds")
-    p.add_argument("--commit", default=os.environ.get("CCFAST_COMMIT", "unknown"))
+    p.add_argument("--budget-s", type=float, default=1e9, help="skip contenders that would start after this many s")
+    p.add_argument("--commit", default=None, help="commit to report (default: CCFAST_COMMIT, else git)")
     args = p.parse_args(argv)
+    args.batch_list = parse_int_list(args.batches, "--batches")
+    args.nchw_batch_list = [] if args.nchw_batches == "all" else parse_int_list(args.nchw_batches, "--nchw-batches")
+    args.arch_list = [a.strip() for a in args.arch.split(",") if a.strip()]
+    args.topts = parse_engine_options(args.triton_options, "--triton-options")
+    args.trt_opts = parse_engine_options(args.trt_options, "--trt-options")
+    args.ort_variant_list = parse_variants(args.ort_variant or DEFAULT_ORT_VARIANTS)
+    args.extra_list = []
+    for spec in (e for e in args.extras.split(";") if e.strip()):
+        b_text, _, opts = spec.partition(":")
+        args.extra_list.append((parse_int_list(b_text, "--extras batch")[0], opts,
+                                parse_engine_options(opts, "--extras")))
+    if args.steps < 1 or args.reps < 1 or args.warmup < 0:
+        raise CCFastError("--steps and --reps must be ≥ 1, --warmup ≥ 0")
+    return args
+
+
+def profile_engine_step(eng, batch: int, device, steps: int = 3) -> str:
+    """Kernel-level breakdown of one triton engine step, run eagerly (outside the graph) so the profiler sees
+    every kernel: count, GPU busy time, and the top kernels by time."""
+    if device.type != "cuda":
+        return "(no GPU)"
+    from torch.profiler import ProfilerActivity, profile
+
+    bucket = eng._buckets[eng._bucket_size(batch, initial=True)]
+    with eng._precision():
+        for _ in range(2):
+            eng._body(bucket, True)
+        sync(device)
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                eng._body(bucket, True)
+            sync(device)
+            wall = (time.perf_counter() - t0) / steps
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in kernels) / steps / 1e3  # ms
+    by_name: dict[str, list] = {}
+    for e in kernels:
+        by_name.setdefault(e.name, []).append(e.device_time)
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]
+    lines = [(f"batch {bucket.size}: {len(kernels) / steps:.0f} kernels per step, GPU busy {busy:.3f} ms per step, "
+              f"eager wall {wall * 1e3:.3f} ms per step (the CUDA graph removes the launch gaps)"), "",
+             "| kernel | calls/step | ms/step | share |", "|---|---|---|---|"]
+    for name, ts in top:
+        ms = sum(ts) / steps / 1e3
+        lines.append(f"| `{name[:90]}` | {len(ts) / steps:.0f} | {ms:.3f} | {ms / busy:.0%} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+    except CCFastError as exc:
+        print(f"bench_refine: {exc}", file=sys.stderr)
+        return 2
     device = torch.device(args.device)
-    start = time.perf_counter()
-
-    def budget_ok(what):
-        if time.perf_counter() - start > args.budget_s:
-            print(f"skipped (time budget): {what}", flush=True)
-            return False
-        return True
-
-    args.topts = dict(kv.split("=", 1) for kv in args.triton_options.split(",") if kv)
-    report = Report(Path(args.out), meta_info(device, args))
-    methods = set(args.methods.split(","))
-    head = HeadParams(ell0=2.0)
-    dtype = torch.bfloat16
-    model = build_model(args.arch, args.num_classes).to(device)
-    calib_x, _ = make_inputs(64, args.size, args.num_classes, device, seed=123)
-    model = calibrate_bn(model, calib_x).requires_grad_(False)
-    profiles, engines = {}, {}
-    import copy
-
-    model_lowp = copy.deepcopy(model).to(dtype)  # the plain-PyTorch recipes' network: weights in bf16
-    def run_batch(B):
-        x0, labels = make_inputs(B, args.size, args.num_classes, device, seed=B)
-        common = {"section": "resnet50", "batch": B}
-
-        def record(method, dt, per_step, setup_s="", notes=""):
-            report.add(method=method, dtype=dt, ms_per_step=round(per_step * 1e3, 4), image_steps_per_s=round(B / per_step, 1),
-                       setup_s=setup_s if setup_s == "" else round(setup_s, 2), notes=notes, **common)
-
-        def attempt(method, dt, fn):
-            if not budget_ok(f"{method} B={B}"):
-                report.add(method=method, dtype=dt, notes="skipped: time budget", **common)
-                return
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - a failed contender is a row saying so, not a lost run
-                traceback.print_exc()
-                report.add(method=method, dtype=dt, notes=f"FAILED: {type(exc).__name__}: {exc}"[:300], **common)
-
-        if "torchattacks" in methods:
-            attempt("torchattacks PGDL2", "fp32", lambda: record("torchattacks PGDL2", "fp32",
-                                                                  *bench_torchattacks(model, x0, labels, args.steps, device)[:1],
-                                                                  notes="CE loss, eps=1.5, alpha=0.1, no random start"))
-        if "reference" in methods:
-            attempt("reference engine", "fp32", lambda: record("reference engine", "fp32",
-                                                                bench_reference(model, x0, labels, args.steps, device, head)[0],
-                                                                notes="--engine torch, fp32 eager, T+1 forwards for T steps"))
-        if "eager-graph" in methods:
-            attempt("eager + CUDA graph", "bf16", lambda: record("eager + CUDA graph", "bf16",
-                                                                 bench_eager_graph(model_lowp, x0, labels, device, head, dtype)[0],
-                                                                 notes="model.to(bf16), eager step, NCHW, captured"))
-        if "compile-graph" in methods:
-            def run_cg():
-                per, compile_s = bench_compile_graph(model_lowp, x0, labels, device, head, dtype)
-                record("compile + CUDA graph", "bf16", per, compile_s, "model.to(bf16), torch.func.grad + torch.compile (default, static shapes), NCHW, one step per replay; setup = compile")
-            attempt("compile + CUDA graph", "bf16", run_cg)
-        if "triton" in methods:
-            def run_triton():
-                if "triton" not in engines:
-                    engines["triton"] = make_triton(model, args.steps, device, head, **args.topts)
-                eng = engines["triton"]
-                per, replay, setup_s, bucket = bench_triton(eng, x0, labels, args.steps, device)
-                t = eng.timings()
-                record("triton engine", "bf16", per, setup_s,
-                       f"refine_batch wall / T, bucket {bucket.size}; setup = first call at this size (compile "
-                       f"{t['compile_s']:.1f}s once per engine, then warm-up + capture); fold_bn {t['fold_bn']}")
-                if replay is not None:
-                    record("triton engine (graph replay only)", "bf16", replay, notes="one T-step graph replay / T (no final forward, no host work)")
-                try:
-                    profiles[f"triton engine, batch {B}"] = profile_engine_step(eng, bucket, device)
-                except Exception as exc:  # noqa: BLE001 - the profile explains; its failure must not cost the timing rows
-                    profiles[f"triton engine, batch {B}"] = f"profile failed: {type(exc).__name__}: {exc}"
-
-            attempt("triton engine", "bf16", run_triton)
-        if "ort" in methods:
-            def run_ort():
-                if "ort" not in engines:
-                    engines["ort"] = make_ort(model, args, device, head)
-                eng = engines["ort"]
-                idx = torch.arange(B)
-                t0 = time.perf_counter()
-                eng.refine_batch(x0, labels, idx)  # first call at this size: session run, IOBinding, graph capture
-                sync(device)
-                setup_s = time.perf_counter() - t0
-                per = median_time(lambda: eng.refine_batch(x0, labels, idx), device, reps=5) / args.steps
-                record("ort engine", "fp32", per, setup_s,
-                       f"--engine ort: exported step graph, ONNX Runtime {'CUDA' if device.type == 'cuda' else 'CPU'} "
-                       f"provider, CUDA graphs in use: {bool(eng.timings().get('cuda_graph'))}; T+1 graph calls")
-            attempt("ort engine", "fp32", run_ort)
-        if "triton-eager" in methods:
-            def run_triton_eager():
-                if "triton-eager" not in engines:
-                    engines["triton-eager"] = make_triton(model, args.steps, device, head, **(args.topts | {"compile": "0"}))
-                per, _replay, setup_s, bucket = bench_triton(engines["triton-eager"], x0, labels, args.steps, device)
-                record("triton engine, compile=0", "bf16", per, setup_s, f"fused kernels + CUDA graphs around the eager network, bucket {bucket.size}")
-            attempt("triton engine, compile=0", "bf16", run_triton_eager)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        for title, text in profiles.items():
-            report.extra[f"profile: {title}"] = text
-        report.write()
-
-    for B in [int(b) for b in args.batches.split(",")]:
-        run_batch(B)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_refine: --device cuda but no CUDA GPU is visible (use --device cpu for a smoke run)",
+              file=sys.stderr)
+        return 2
+    dynamo = torch._dynamo.config  # one compiled step per (arch, batch, layout): more than the default 8 entries
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(64, getattr(dynamo, name)))
+    meta = run_metadata(device, args.commit) | {
+        "setup": (f"{', '.join(args.arch_list)} at {args.size}×{args.size}, {args.num_classes} classes, random weights "
+                  f"(BN calibrated); paper objective (Eq. 12), α={ALPHA}, ε={EPS}, early stopping off in section 1; "
+                  f"T={args.steps} steps per call, {args.warmup} warm-up + {args.reps} timed calls per row (median), "
+                  f"3 input sets rotated; batches {args.batches}"),
+        "dtype": ("bf16: recipes = BN-folded model.to(bf16); triton = autocast over bf16 weights. fp32: torchattacks "
+                  "(PyTorch defaults, TF32 on), reference (TF32 off), ort fp32 (TF32 off unless its options say)"),
+        "baseline": f"x_vs_recipe = image-steps/s over '{BASELINE}' of the same arch and batch, same run",
+    }
+    report = Report(Path(args.out), args.report_name, FIELDS, meta, short=SHORT,
+                    ratios={"x_vs_recipe": BASELINE, "x_vs_torchattacks": TORCHATTACKS})
+    runner = Runner(report, args, device)
+    try:
+        contenders = contender_list(args)
+    except CCFastError as exc:
+        print(f"bench_refine: {exc}", file=sys.stderr)
+        return 2
+    for arch in args.arch_list:
+        runner.run_arch(arch, contenders)
+        if args.profile and device.type == "cuda":
+            report.extra.update(profile_section(runner, arch))
+    if args.extra_list:
+        b = Bench(args.arch_list[0], make_model(args.arch_list[0], args.size, args.num_classes, device), device, args)
+        for B, opts_text, opts in args.extra_list:
+            pool = InputPool(B, args.size, args.num_classes, device, n_sets=3, seed=B)
+            key = f"triton-extra:{opts_text}"
+            runner.contender(b, pool, key, f"triton engine, {opts_text}",
+                             lambda bb, pp, k=key, o=opts, t=opts_text: _triton(bb, pp, k, f"triton engine, {t}",
+                                                                                args.topts | o), {})
     if args.early_stop:
-        early_stop_section(report, args, device, budget_ok)
-    for spec in [e for e in args.extras.split(";") if e]:  # engine variants, to attribute the gains
-        B_s, opts_s = spec.split(":", 1)
-        B = int(B_s)
-        opts = dict(kv.split("=", 1) for kv in opts_s.split(",") if kv)
-        name = f"triton engine, {opts_s}"
-        if not budget_ok(name):
-            report.add(section="resnet50", method=name, batch=B, dtype="bf16", notes="skipped: time budget")
-            continue
-        try:
-            x0, labels = make_inputs(B, args.size, args.num_classes, device, seed=B)
-            eng = make_triton(model, args.steps, device, head, **(args.topts | opts))
-            per, replay, setup_s, _bucket = bench_triton(eng, x0, labels, args.steps, device)
-            report.add(section="resnet50", method=name, batch=B, dtype="bf16", ms_per_step=round(per * 1e3, 4),
-                       image_steps_per_s=round(B / per, 1), setup_s=round(setup_s, 2),
-                       notes=f"variant of the engine's defaults; graph replay only {replay * 1e3 if replay else float('nan'):.4f} ms/step")
-            del eng
-        except Exception as exc:  # noqa: BLE001 - a failed variant is a row saying so
-            traceback.print_exc()
-            report.add(section="resnet50", method=name, batch=B, dtype="bf16", notes=f"FAILED: {type(exc).__name__}: {exc}"[:300])
-    report.extra["run"] = f"total wall {time.perf_counter() - start:.0f}s; argv {json.dumps(sys.argv[1:])}"
+        if Path(args.data).exists():
+            early_stop_section(runner)
+        else:
+            print(f"section 2 skipped: no data folder {args.data}", flush=True)
+    argv_text = json.dumps(sys.argv[1:] if argv is None else argv)
+    report.extra["run"] = f"total wall {runner.elapsed():.0f}s; argv {argv_text}"
     report.write()
-    print(report.markdown())
+    print(f"\nwrote {report.out / report.stem}.md and .csv ({runner.elapsed():.0f}s)\n", flush=True)
+    print(report.short_table(), flush=True)
+    return 0
+
+
+def profile_section(runner: Runner, arch: str) -> dict[str, str]:
+    """Kernel profiles of the triton engine's step at each batch (an engine of its own, built for it)."""
+    args, device = runner.args, runner.device
+    b = Bench(arch, make_model(arch, args.size, args.num_classes, device), device, args)
+    out = {}
+    try:
+        for B in args.batch_list:
+            pool = InputPool(B, args.size, args.num_classes, device, n_sets=1, seed=B)
+            _triton(b, pool, "triton", "triton engine", args.topts)
+            out[f"profile: triton engine, {arch}, batch {B}"] = profile_engine_step(b.engines["triton"], B, device)
+    except Exception as exc:  # noqa: BLE001 - the profile explains; its failure must not cost the timing rows
+        out[f"profile: triton engine, {arch}"] = f"profile failed: {type(exc).__name__}: {exc}"
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -63,3 +63,16 @@ def median_realness(ckpt, images, labels):
     with torch.no_grad():
         _, r = objective_ref(model(uint8_to_float(images)), torch.as_tensor(labels), HeadParams())
     return float(r.median())
+
+
+class Autocast(torch.nn.Module):
+    """Plain PyTorch at reduced precision: `model` under autocast to `dtype`, logits back to fp32 (the
+    yardstick reduced-precision engines are judged by)."""
+
+    def __init__(self, model, dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.model(x).float()

@@ -71,13 +71,17 @@ def test_conv_bn_vjp_restores_the_input_shape(k, s, p, d, groups, size):
     assert (y_o - y_t).abs().max() <= 1e-5 and (gx_o - gx_t).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("k,s,p,size", [(3, 2, 1, 8), (3, 2, 1, 9), (2, 2, 0, 8), (3, 1, 1, 6), (3, 2, 0, 9)])
-def test_maxpool_vjp_routes_to_pytorchs_first_maximum(k, s, p, size):
-    """Inputs drawn from {−1, 0, 1, 2}: most windows hold tied maxima, so the routing rule is exercised."""
+@pytest.mark.parametrize("scatter", MaxPool.SCATTERS)
+@pytest.mark.parametrize("k,s,p,size", [(3, 2, 1, 8), (3, 2, 1, 9), (2, 2, 0, 8), (3, 1, 1, 6), (3, 2, 0, 9),
+                                        (2, 2, 1, 8), (3, 3, 1, 10), (5, 2, 2, 11)])
+def test_maxpool_vjp_routes_to_pytorchs_first_maximum(k, s, p, size, scatter):
+    """Inputs drawn from {−1, 0, 1, 2}: most windows hold tied maxima, so the routing rule is exercised.
+    Both scatters (grouped ConvTranspose, interleaved residue planes) must give PyTorch's gradient."""
     torch.manual_seed(1)
-    x = torch.randint(-1, 3, (2, 3, size, size)).float()
+    x = torch.randint(-1, 3 if k > 2 else 1, (2, 3, size, size)).float()  # 2×2 windows: {−1, 0}, ties as often
     pool = nn.MaxPool2d(k, s, p)
-    y_o, gx_o, gy = onnx_forward_and_vjp(MaxPool(pool, "pool"), x, lambda shape: torch.rand(shape) + 0.5)
+    layer = MaxPool(pool, "pool", scatter)
+    y_o, gx_o, gy = onnx_forward_and_vjp(layer, x, lambda shape: torch.rand(shape) + 0.5)
     y_t, gx_t = autograd_vjp(pool, x, gy)
     xp = torch.nn.functional.pad(x, (p, p, p, p), value=float("-inf"))
     Ho, Wo = y_t.shape[2:]
@@ -85,6 +89,29 @@ def test_maxpool_vjp_routes_to_pytorchs_first_maximum(k, s, p, size):
     assert (hits > 1).float().mean() > 0.3  # many windows hold more than one maximum
     assert torch.equal(y_o, y_t)
     assert (gx_o - gx_t).abs().max() <= 1e-6  # same positions; sums of the same overlapping gradients
+
+
+def test_interleave_scatter_refuses_stride_past_kernel():
+    with pytest.raises(ValueError, match="stride ≤ kernel"):
+        MaxPool(nn.MaxPool2d(2, 3), "pool", "interleave")
+    with pytest.raises(ValueError, match="unknown max-pool scatter"):
+        MaxPool(nn.MaxPool2d(2, 2), "pool", "gather")
+
+
+@pytest.mark.parametrize("c_in,multiple,padded", [(3, 8, True), (8, 8, False), (5, 4, True)])
+def test_conv_with_padded_input_channels_is_the_same_function(c_in, multiple, padded):
+    """Zero input channels (weights and input) change nothing: the same y and gx, of x's own shape."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(c_in, 6, 7, 2, 3, bias=False)
+    bn = nn.BatchNorm2d(6).eval()
+    x = torch.randn(2, c_in, 13, 13)
+    layer = ConvBN(conv, bn, "stem")
+    assert layer.pad_input_channels(multiple) is padded
+    assert layer.w.shape[1] % multiple == 0 and not layer.w[:, c_in:].any()
+    y_o, gx_o, gy = onnx_forward_and_vjp(layer, x, lambda shape: torch.randn(shape))
+    y_t, gx_t = autograd_vjp(nn.Sequential(conv, bn).eval(), x, gy)
+    assert gx_o.shape == x.shape
+    assert (y_o - y_t).abs().max() <= 1e-5 and (gx_o - gx_t).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("size,planes", [(8, 8), (7, 8), (16, 32)])

@@ -8,6 +8,8 @@ batch and within 100× the tolerance. Examples stopped before their first step m
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -109,6 +111,88 @@ def test_fp16_graph_through_the_engine():
     cos = torch.nn.functional.cosine_similarity((got.images - x0).flatten(1), (want.images - x0).flatten(1), dim=1)
     assert cos.min().item() >= 0.98, cos
     assert 0 < (got.images - want.images).abs().max().item() <= 2e-2  # close, and a different computation
+
+
+def _fp16_errors(arch, n, device, **ort_options):
+    """‖x − x_ref32‖ after 8 steps for the ort engine's graph and for plain PyTorch fp16, and ‖x_ref32 − x0‖."""
+    from factories import Autocast
+
+    from ccfast.refine import resolve_scalars
+    from ccfast.refine.torch_engine import TorchEngine
+
+    model, info = loaded(arch)
+    model = copy.deepcopy(model).to(device)  # the cached model stays on the CPU for the other tests
+    x0, _, labels = batch(arch, n, seed=11)
+    x0, labels = x0.to(device), labels.to(device)
+    config = RefineConfig.from_preset("paper", steps=8, alpha=0.3, eps=1.0, ell0=1.0, early_stop="none")
+    scalars = resolve_scalars(config, info)
+    idx = torch.arange(n)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # the reference is fp32
+    try:
+        ref = TorchEngine(model, config, scalars, torch.device(device)).refine_batch(x0, labels, idx)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    plain_fp16 = TorchEngine(Autocast(model, torch.float16), config, scalars, torch.device(device))
+    plain = plain_fp16.refine_batch(x0, labels, idx)
+    got = Refiner(checkpoint(arch), engine="ort", config=config, device=device, **ort_options).refine(x0, labels)
+    assert torch.equal(got.steps.cpu(), ref.steps.cpu())
+    return (float((got.images - ref.images).norm()), float((plain.images - ref.images).norm()),
+            float((ref.images - x0).norm()))
+
+
+@pytest.mark.parametrize("arch", ["tiny", "cifar_resnet20"])
+def test_fp16_graph_error_within_plain_pytorch_fp16_error(arch):
+    """The fp16 graph judged as the triton engine's bf16 is (docs/triton.md): after 8 steps of α = 0.3,
+    ‖x_ort16 − x_ref32‖ ≤ 3·‖x_torch16 − x_ref32‖ + 1e-3·‖x_ref32 − x0‖, where x_torch16 is plain PyTorch's
+    fp16 (the reference loop under fp16 autocast). ONNX Runtime's CPU provider runs the graph's fp16 layers
+    with fp16 tensors between them, so this checks the graph itself: casts, the seed scaling, the fp32 head."""
+    err, err_plain, moved = _fp16_errors(arch, 8, "cpu", onnx=str(graph(arch, "fp16")), threads="2")
+    print(f"{arch}: ort fp16 {err:.4g}, plain PyTorch fp16 {err_plain:.4g}, displacement {moved:.4g}")
+    assert 0 < err <= 3.0 * err_plain + 1e-3 * moved
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", [{"dtype": "fp16"}, {"tf32": "1"}, {"tf32": "1", "nhwc": "1"}], ids=str)
+def test_reduced_precision_on_cuda_within_plain_pytorch_fp16_error(variant):
+    """The fast CUDA variants, judged by the same rule on the GPU: ORT's fp16 graph (conv_algo=auto, i.e.
+    heuristic) and TF32 (10 mantissa bits, as fp16) against plain PyTorch fp16 on the same GPU."""
+    import onnxruntime as ort
+
+    if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs a CUDA GPU and onnxruntime-gpu")
+    dtype = variant.get("dtype", "fp32")
+    err, err_plain, moved = _fp16_errors("cifar_resnet20", 64, "cuda", onnx=str(graph("cifar_resnet20", dtype)),
+                                         buckets="64", **{k: v for k, v in variant.items() if k != "dtype"})
+    print(f"{variant}: ort {err:.4g}, plain PyTorch fp16 {err_plain:.4g}, displacement {moved:.4g}")
+    assert 0 < err <= 3.0 * err_plain + 1e-3 * moved
+
+
+def test_conv_algo_auto_follows_the_graphs_precision():
+    """conv_algo=auto: exhaustive search for an fp32 graph, cuDNN's heuristic for an fp16 one (measured:
+    exhaustive search gives ORT's fp16 convolutions CUDA-core kernels); an explicit choice wins."""
+    config = RefineConfig.from_preset("paper", ell0=1.0)
+    cases = (("fp32", {}, "exhaustive"), ("fp16", {}, "heuristic"), ("fp16", {"conv_algo": "exhaustive"}, "exhaustive"),
+             ("fp32", {"nhwc": "1"}, "exhaustive"))
+    for dtype, opts, want in cases:
+        eng = Refiner(checkpoint("tiny"), engine="ort", config=config, device="cpu", onnx=str(graph("tiny", dtype)),
+                      **opts).engine
+        s = eng.settings()
+        assert s.conv_algo == want and s.prefer_nhwc == (opts.get("nhwc") == "1"), (dtype, opts, s)
+    with pytest.raises(CCFastError, match="conv_algo"):
+        Refiner(checkpoint("tiny"), engine="ort", config=config, device="cpu", conv_algo="fastest")
+
+
+def test_cuda_provider_options_of_the_settings():
+    from ccfast.refine.ort_session import OrtSettings
+
+    opts = OrtSettings(tf32=True, prefer_nhwc=True, conv_algo="heuristic", cuda_graph=False).cuda_provider_options(3)
+    assert opts == {"device_id": "3", "enable_cuda_graph": "0", "use_tf32": "1", "cudnn_conv_algo_search": "HEURISTIC",
+                    "cudnn_conv_use_max_workspace": "1", "prefer_nhwc": "1"}
+    assert "prefer_nhwc" not in OrtSettings().cuda_provider_options(0)  # a build without NHWC kernels still starts
+    for bad in ({"conv_algo": "fast"}, {"opt_level": "max"}, {"threads": 0}):
+        with pytest.raises(CCFastError):
+            OrtSettings(**bad)
 
 
 def test_loop_without_early_exit_equals_loop_with_it():

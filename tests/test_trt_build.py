@@ -53,6 +53,25 @@ def test_every_graph_parses_and_builds_a_plan(arch, dtype, tmp_path):
     }
 
 
+def test_alternative_graph_layouts_parse_and_build(tmp_path):
+    """The measured alternatives of `GraphLayout` (padded first convolution, interleave max-pool scatter) stay
+    TensorRT-parsable too, in fp16 and fp32."""
+    from export_cases import loaded
+
+    from ccfast.onnx_export.build import GraphLayout, export_step_graph
+    from ccfast.onnx_export.tensorrt_build import build_plan
+
+    _tensorrt_or_skip()
+    model, info = loaded("tiny")
+    layout = GraphLayout(pad_channels=True, maxpool_scatter="interleave")
+    for dtype in ("fp16", "fp32"):
+        onnx_path = tmp_path / f"alt-{dtype}.onnx"
+        meta = export_step_graph(model, info.image_size, onnx_path, dtype, layout=layout)
+        assert meta["first_conv_padded"] == "1" and meta["maxpool_scatter"] == "interleave"
+        side = build_plan(onnx_path, tmp_path / f"alt-{dtype}.plan", [1, 16], opt_level=0)
+        assert side["plan_bytes"] > 0 and side["dtype"] == dtype
+
+
 def test_compute_capability_targets(tmp_path, caplog):
     from ccfast.onnx_export.tensorrt_build import build_plan
 

@@ -18,8 +18,9 @@ SUPPORTED = {TinyNet: "tiny", CifarResNet: "cifar_resnet20..110", ImageNetResNet
 
 
 class _Walk:
-    def __init__(self):
+    def __init__(self, maxpool_scatter: str):
         self.visited: set[int] = set()
+        self.maxpool_scatter = maxpool_scatter
 
     def mark(self, *modules):
         for m in modules:
@@ -51,7 +52,7 @@ class _Walk:
     def maxpool(self, module, where: str) -> MaxPool:
         self.expect(module, nn.MaxPool2d, where)
         try:
-            return MaxPool(module, where)
+            return MaxPool(module, where, self.maxpool_scatter)
         except ValueError as exc:
             raise CCFastError(f"cannot export {where}: {exc}") from exc
 
@@ -116,9 +117,10 @@ def _imagenet(net: ImageNetResNet, w: _Walk) -> list[Layer]:
     return layers + w.head(net.avgpool, net.fc, "head")
 
 
-def backbone_layers(backbone: nn.Module) -> Sequential:
-    """The backbone as forward+VJP emitters; a `CCFastError` names any layer that cannot be exported."""
-    walk = _Walk()
+def backbone_layers(backbone: nn.Module, maxpool_scatter: str = "conv") -> Sequential:
+    """The backbone as forward+VJP emitters; a `CCFastError` names any layer that cannot be exported.
+    `maxpool_scatter`: how max-pool gradients are scattered back (`layers.MaxPool`)."""
+    walk = _Walk(maxpool_scatter)
     walk.mark(backbone)
     for cls, fn in ((TinyNet, _tiny), (CifarResNet, _cifar), (ImageNetResNet, _imagenet)):
         if type(backbone) is cls:

@@ -18,6 +18,7 @@ keeps the backward pass inside fp16's range whatever the logits' scale.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from ..io_utils import atomic_path
 from .backbones import backbone_layers
 from .graph import COMPUTE_DTYPES, OPSET, GraphBuilder, Tensor
 from .head import emit_head
-from .layers import Normalize
+from .layers import ConvBN, MaxPool, Normalize
 from .step import PARAM_SLOTS, emit_early_stop, emit_step, param_getter
 
 INPUTS = ("x", "x0", "labels", "active", "params")
@@ -35,7 +36,25 @@ OUTPUTS = ("x_next", "active_next", "objective", "realness")
 GRAPH_FORMAT = "ccfast-step-graph/1"
 
 
-def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", metadata: dict | None = None):
+@dataclass(frozen=True)
+class GraphLayout:
+    """How the network part of the step graph is written; every choice computes the same function.
+
+    pad_channels     zero input channels of the first convolution up to a multiple of 8 (tensor-core kernels
+                     want C % 8 == 0)
+    maxpool_scatter  "conv" | "interleave": how max-pool gradients go back onto the input grid (layers.MaxPool)
+
+    The defaults are the graph as first written. Both alternatives were measured under ONNX Runtime on an
+    H200 (benchmarks/ort_variants.py, docs/export.md) and were not faster there: ONNX Runtime's fp16
+    convolutions miss tensor cores anyway, and its NHWC Pad is slow.
+    """
+
+    pad_channels: bool = False
+    maxpool_scatter: str = "conv"
+
+
+def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", metadata: dict | None = None,
+                     layout: GraphLayout | None = None):
     """`model`: a frozen `JointModel` (eval mode). Returns an `onnx.ModelProto` that passes `onnx.checker`."""
     onnx = require("onnx", "onnx", "exporting the step graph")
     from onnx import TensorProto, helper
@@ -46,7 +65,12 @@ def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", me
         raise CCFastError("the model is in training mode; BatchNorm folding needs eval-mode statistics (call model.eval())")
     cdt = COMPUTE_DTYPES[dtype]
     H, W = (int(s) for s in image_size)
-    layers = backbone_layers(model.backbone)
+    layout = layout or GraphLayout()
+    if layout.maxpool_scatter not in MaxPool.SCATTERS:
+        raise CCFastError(f"unknown max-pool scatter {layout.maxpool_scatter!r}; "
+                          f"choose one of {', '.join(MaxPool.SCATTERS)}")
+    layers = backbone_layers(model.backbone, layout.maxpool_scatter)
+    padded = layout.pad_channels and isinstance(layers.layers[0], ConvBN) and layers.layers[0].pad_input_channels(8)
     normalize = Normalize(model.mean.flatten().tolist(), model.std.flatten().tolist())
 
     gb = GraphBuilder(compute_dtype=cdt)
@@ -93,7 +117,8 @@ def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", me
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ccfast.export")
     onnx_model.ir_version = 8  # readable by every ONNX Runtime and TensorRT parser of the last three years
     meta = {"format": GRAPH_FORMAT, "dtype": dtype, "image_size": f"{H},{W}", "num_classes": str(logits.shape[0]),
-            "param_slots": ",".join(PARAM_SLOTS), **(metadata or {})}
+            "param_slots": ",".join(PARAM_SLOTS), "first_conv_padded": str(int(bool(padded))),
+            "maxpool_scatter": layout.maxpool_scatter, **(metadata or {})}
     helper.set_model_props(onnx_model, {k: str(v) for k, v in meta.items()})
     onnx.checker.check_model(onnx_model, full_check=False)
     return onnx_model
@@ -139,13 +164,14 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def export_step_graph(model, image_size, path, dtype: str = "fp32", metadata: dict | None = None) -> dict[str, str]:
+def export_step_graph(model, image_size, path, dtype: str = "fp32", metadata: dict | None = None,
+                      layout: GraphLayout | None = None) -> dict[str, str]:
     """Write the step graph of `model` to `path` atomically; returns its metadata."""
     onnx = require("onnx", "onnx", "exporting the step graph")
     from .. import __version__
 
     meta = {"ccfast_version": __version__, "weights_sha256": model_fingerprint(model), **(metadata or {})}
-    onnx_model = build_step_model(model, image_size, dtype, meta)
+    onnx_model = build_step_model(model, image_size, dtype, meta, layout)
     with atomic_path(path, suffix=".onnx") as tmp:
         onnx.save(onnx_model, str(tmp))
     return graph_metadata(onnx_model)

@@ -119,6 +119,21 @@ class ConvBN(Layer):
         self.p = _pair(conv.padding)
         self.d = _pair(conv.dilation)
         self.groups = int(conv.groups)
+        self.in_pad = 0
+
+    def pad_input_channels(self, multiple: int) -> bool:
+        """Give the convolution zero input channels up to a multiple of `multiple` (weights and input alike).
+
+        The same function: the extra channels are zero on both sides. cuDNN's tensor-core kernels want C % 8
+        == 0; over 3 input channels the stem's input-gradient (its ConvTranspose) otherwise falls to a slow
+        kernel. Grouped convolutions are left alone. Returns whether padding was added."""
+        c_in = self.w.shape[1]
+        if self.groups != 1 or c_in % multiple == 0:
+            return False
+        self.in_pad = multiple - c_in % multiple
+        zeros = np.zeros((self.w.shape[0], self.in_pad, *self.w.shape[2:]), np.float32)
+        self.w = np.concatenate([self.w, zeros], axis=1)
+        return True
 
     def _attrs(self):
         return dict(kernel_shape=list(self.k), strides=list(self.s), pads=[self.p[0], self.p[1], self.p[0], self.p[1]],
@@ -126,6 +141,10 @@ class ConvBN(Layer):
 
     def forward(self, gb, x):
         self.in_shape = x.shape
+        if self.in_pad:
+            pads = gb.const([0, 0, 0, 0, 0, self.in_pad, 0, 0], np.int64, "pads")  # at the end
+            padded = gb.op("Pad", [x.name, pads, gb.const(0, x.dtype, "zero")], f"{self.where}_in_padded")
+            x = Tensor(padded, x.dtype, (x.shape[0] + self.in_pad, *x.shape[1:]))
         self.w_name = gb.weight(self.w, f"{self.where}.w")
         b_name = gb.weight(self.b, f"{self.where}.b")
         y = gb.op("Conv", [x.name, self.w_name, b_name], self.where, **self._attrs())
@@ -141,6 +160,9 @@ class ConvBN(Layer):
         op = [_output_padding(H, Ho, self.k[0], self.s[0], self.p[0], self.d[0]),
               _output_padding(W, Wo, self.k[1], self.s[1], self.p[1], self.d[1])]
         gx = gb.op("ConvTranspose", [gy.name, self.w_name], f"grad_{self.where}", output_padding=op, **self._attrs())
+        if self.in_pad:  # the padded channels' gradient is dropped
+            gx = gb.op("Slice", [gx, gb.const([0], np.int64, "starts"), gb.const([self.in_shape[0]], np.int64, "ends"),
+                                 gb.axes(1)], f"grad_{self.where}_unpadded")
         return Tensor(gx, gy.dtype, self.in_shape)
 
 
@@ -159,13 +181,30 @@ class ReLU(Layer):
 
 
 class MaxPool(Layer):
-    def __init__(self, pool, where: str):
+    """MaxPool2d. Its VJP routes gy to each window's first maximum (see the module docstring), then scatters
+    the k×k routed maps back onto the input grid, in one of two ways that compute the same sums:
+
+    - `scatter="conv"`: a fixed one-hot grouped ConvTranspose (C groups of k·k channels, the pool's stride
+      and padding): few nodes, but a grouped transposed convolution, which some cuDNN configurations
+      (fp16, NHWC) run with a slow generic kernel.
+    - `scatter="interleave"`: input row h = s·m + r receives from the windows m + j with offset
+      d = r + p − s·j in [0, k); each of the s×s residue planes is a sum of shifted routed maps (Slice + Pad),
+      and the planes are interleaved by Concat + Reshape. Data movement and additions only."""
+
+    SCATTERS = ("conv", "interleave")
+
+    def __init__(self, pool, where: str, scatter: str = "conv"):
         if pool.ceil_mode or pool.return_indices or _pair(pool.dilation) != (1, 1):
             raise ValueError(f"{where}: only MaxPool2d with dilation 1, ceil_mode=False is exported")
+        if scatter not in self.SCATTERS:
+            raise ValueError(f"{where}: unknown max-pool scatter {scatter!r} (choose {', '.join(self.SCATTERS)})")
         self.k = _pair(pool.kernel_size)
         self.s = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
         self.p = _pair(pool.padding)
         self.where = where
+        self.scatter = scatter
+        if scatter == "interleave" and (self.s[0] > self.k[0] or self.s[1] > self.k[1]):
+            raise ValueError(f"{where}: the interleave scatter needs stride ≤ kernel (every input row in some window)")
 
     def forward(self, gb, x):
         self.x = x
@@ -176,9 +215,9 @@ class MaxPool(Layer):
                         x.dtype, self.out_shape)
         return self.y
 
-    def backward(self, gb, gy):
+    def _routed(self, gb, gy) -> dict[tuple[int, int], str]:
+        """(di, dj) → gy where that window offset holds the window's first maximum (PyTorch's scan order), else 0."""
         (kh, kw), (sh, sw), (ph, pw) = self.k, self.s, self.p
-        C, H, W = self.x.shape
         _, Ho, Wo = self.out_shape
         dt = gy.dtype
         # Padding holds the type's lowest finite value: it can never equal a window maximum, which is taken
@@ -187,7 +226,7 @@ class MaxPool(Layer):
         xp = gb.op("Pad", [self.x.name, gb.const([0, 0, ph, pw, 0, 0, ph, pw], np.int64, "pads"), lowest], f"{self.where}_padded")
         zero = gb.const(0, dt, "zero")
         taken = None
-        routed = []
+        routed = {}
         for di in range(kh):
             for dj in range(kw):  # PyTorch's scan order within a window: rows, then columns
                 starts = gb.const([di, dj], np.int64, "starts")
@@ -200,19 +239,84 @@ class MaxPool(Layer):
                 else:
                     first = gb.op("And", [is_max, gb.op("Not", [taken], f"{self.where}_free{di}{dj}")], f"{self.where}_first{di}{dj}")
                     taken = gb.op("Or", [taken, is_max], f"{self.where}_taken{di}{dj}")
-                g = gb.op("Where", [first, gy.name, zero], f"{self.where}_grad{di}{dj}")
-                routed.append(gb.op("Unsqueeze", [g, gb.axes(2)], f"{self.where}_grad{di}{dj}_u"))
+                routed[(di, dj)] = gb.op("Where", [first, gy.name, zero], f"{self.where}_grad{di}{dj}")
+        return routed
+
+    def backward(self, gb, gy):
+        routed = self._routed(gb, gy)
+        scatter = self._scatter_conv if self.scatter == "conv" else self._scatter_interleave
+        gx = scatter(gb, routed, gy.dtype)
+        return Tensor(gx, gy.dtype, self.x.shape)
+
+    def _scatter_conv(self, gb, routed, dt) -> str:
+        (kh, kw), (sh, sw), (ph, pw) = self.k, self.s, self.p
+        C, H, W = self.x.shape
+        _, Ho, Wo = self.out_shape
         K = kh * kw
-        stacked = gb.op("Concat", routed, f"{self.where}_routed", axis=2)  # (B, C, K, Ho, Wo)
+        unsqueezed = [gb.op("Unsqueeze", [g, gb.axes(2)], f"{g}_u") for g in routed.values()]
+        stacked = gb.op("Concat", unsqueezed, f"{self.where}_routed", axis=2)  # (B, C, K, Ho, Wo), scan order
         flat = gb.op("Reshape", [stacked, gb.const([-1, C * K, Ho, Wo], np.int64, "shape")], f"{self.where}_routed_flat")
         onehot = np.zeros((C * K, 1, kh, kw), np.float32)
         for c in range(C):
             for k in range(K):
                 onehot[c * K + k, 0, k // kw, k % kw] = 1.0
         op = [_output_padding(H, Ho, kh, sh, ph), _output_padding(W, Wo, kw, sw, pw)]
-        gx = gb.op("ConvTranspose", [flat, gb.weight(onehot, f"{self.where}.scatter")], f"grad_{self.where}",
-                   kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], group=C, output_padding=op)
-        return Tensor(gx, dt, self.x.shape)
+        return gb.op("ConvTranspose", [flat, gb.weight(onehot, f"{self.where}.scatter")], f"grad_{self.where}",
+                     kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], group=C, output_padding=op)
+
+    def _scatter_interleave(self, gb, routed, dt) -> str:
+        (kh, kw), (sh, sw), (ph, pw) = self.k, self.s, self.p
+        C, H, W = self.x.shape
+        _, Ho, Wo = self.out_shape
+        Mh, Mw = -(-H // sh), -(-W // sw)  # rows/columns of each residue plane
+
+        def sources(r, k, s, p):  # (offset d, window shift j) feeding residue r: d = r + p − s·j in [0, k)
+            return [(r + p - s * j, j) for j in range((r + p - k) // s + 1, (r + p) // s + 1)]
+
+        def shifted(name, jh, jw):  # t[m + jh, n + jw] on an Mh × Mw grid, zero outside the Ho × Wo windows
+            lo = [max(jh, 0), max(jw, 0)]
+            hi = [min(Mh + jh, Ho), min(Mw + jw, Wo)]
+            if hi[0] <= lo[0] or hi[1] <= lo[1]:
+                return None
+            if lo != [0, 0] or hi != [Ho, Wo]:
+                name = gb.op("Slice", [name, gb.const(lo, np.int64, "starts"), gb.const(hi, np.int64, "ends"),
+                                       gb.axes(2, 3)], f"{name}_sh{jh}{jw}")
+            before = [max(-jh, 0), max(-jw, 0)]
+            after = [Mh - before[0] - (hi[0] - lo[0]), Mw - before[1] - (hi[1] - lo[1])]
+            if before != [0, 0] or after != [0, 0]:
+                pads = gb.const([0, 0, before[0], before[1], 0, 0, after[0], after[1]], np.int64, "pads")
+                name = gb.op("Pad", [name, pads, gb.const(0, dt, "zero")], f"{name}_pd{jh}{jw}")
+            return name
+
+        rows = []
+        for r in range(sh):
+            planes = []
+            for c in range(sw):
+                terms = [shifted(routed[(di, dj)], jh, jw)
+                         for di, jh in sources(r, kh, sh, ph) for dj, jw in sources(c, kw, sw, pw)]
+                terms = [t for t in terms if t is not None]
+                if not terms:
+                    raise ValueError(f"{self.where}: a {H}×{W} input is too small for the interleave scatter")
+                plane = terms[0]
+                for t in terms[1:]:
+                    plane = gb.op("Add", [plane, t], f"{self.where}_plane{r}{c}")
+                planes.append(plane)
+            rows.append(self._interleave(gb, planes, axis=3, shape=[-1, C, Mh, Mw * sw], hint=f"{self.where}_row{r}"))
+        full = self._interleave(gb, rows, axis=2, shape=[-1, C, Mh * sh, Mw * sw], hint=f"{self.where}_rows")
+        if (Mh * sh, Mw * sw) != (H, W):
+            full = gb.op("Slice", [full, gb.const([0, 0], np.int64, "starts"), gb.const([H, W], np.int64, "ends"),
+                                   gb.axes(2, 3)], f"{self.where}_cropped")
+        return full
+
+    @staticmethod
+    def _interleave(gb, parts, axis, shape, hint):
+        """parts[i][..., m, ...] → out[..., len(parts)·m + i, ...] along `axis` (2: rows, 3: columns)."""
+        if len(parts) == 1:
+            return parts[0]
+        new_axis = axis + 1
+        unsqueezed = [gb.op("Unsqueeze", [t, gb.axes(new_axis)], f"{t}_u") for t in parts]
+        stacked = gb.op("Concat", unsqueezed, f"{hint}_stacked", axis=new_axis)
+        return gb.op("Reshape", [stacked, gb.const(shape, np.int64, "shape")], hint)
 
 
 class SubsamplePadShortcut(Layer):

@@ -1,6 +1,6 @@
 """What every engine returns, and the base class engines derive from.
 
-Engines differ only in how a step is computed, never in what it computes (DESIGN.md): each one receives
+Engines differ only in how a step is computed, never in what it computes (docs/design.md): each one receives
 float NCHW images on its device, the labels to refine toward, and resolved scalars (τ, ℓ0), and returns
 a `RefineResult`.
 """

@@ -13,8 +13,15 @@ Engine options (`--engine-option KEY=VALUE`; parsed by refine/options.py):
     dtype=fp32|fp16    precision of the graph exported on first use (default fp32; ignored with onnx=)
     buckets=1,16,256   CUDA-graph batch buckets (CUDA only)
     cuda_graph=1|0     capture CUDA graphs (CUDA only; default 1)
-    tf32=0|1           let cuDNN use TF32 for fp32 convolutions (default 0: fp32 results)
+    tf32=0|1           let cuDNN use TF32 for fp32 convolutions (default 0: fp32 results). The fastest setting
+                       measured on an H200 (2.2× fp32 at batch 256; error of plain PyTorch fp16's size)
+    nhwc=0|1           ONNX Runtime's NHWC convolution kernels (CUDA provider `prefer_nhwc`; default 0)
+    conv_algo=auto|exhaustive|heuristic
+                       cuDNN algorithm choice (`cudnn_conv_algo_search`). auto (default): exhaustive for fp32
+                       (timed, the fastest measured), heuristic for fp16 (exhaustive search picks CUDA-core
+                       kernels for ONNX Runtime's fp16 convolutions; heuristic gives Hopper tensor-core ones)
     threads=N          ONNX Runtime intra-op threads (CPU)
+Each setting was measured on its own (benchmarks/ort_variants.py; docs/export.md has the table and profiles).
 PGD only: SGLD is not a step graph (it adds noise and never projects); `ccfast.Refiner` runs it on the torch
 reference engine and says so (`make_engine`).
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,6 +39,7 @@ from ..errors import CCFastError, require
 from ..onnx_export.build import cache_dir, export_step_graph, model_fingerprint, read_graph_metadata
 from . import options
 from .base import Engine, RefineResult
+from .ort_session import OrtSettings, create_session
 from .step_graph_runner import NUMPY_DTYPES, StepBuffers, bucket_for, check_param_slots, collect, params_for, run_steps
 
 log = logging.getLogger("ccfast.refine.ort")
@@ -38,6 +47,7 @@ log = logging.getLogger("ccfast.refine.ort")
 OPTIONS = {
     "onnx": options.text(None), "dtype": options.choice("fp32", "fp32", "fp16"),
     "buckets": options.buckets("1,16,256"), "cuda_graph": options.flag(True), "tf32": options.flag(False),
+    "nhwc": options.flag(False), "conv_algo": options.choice("auto", "auto", "exhaustive", "heuristic"),
     "threads": options.integer(None),
 }
 
@@ -66,8 +76,6 @@ class OrtEngine(Engine):
         self.dtype = self.opts["dtype"]
         self.buckets = list(self.opts["buckets"])
         self.cuda_graph = self.opts["cuda_graph"]
-        self.tf32 = self.opts["tf32"]
-        self.threads = self.opts["threads"]
         self.on_cuda = self.device.type == "cuda"
         if self.on_cuda and "CUDAExecutionProvider" not in self.ort.get_available_providers():
             raise CCFastError(
@@ -75,6 +83,7 @@ class OrtEngine(Engine):
                 f"({self.ort.__version__}) has only {self.ort.get_available_providers()}: install onnxruntime-gpu "
                 "(built for your CUDA), or run with --device cpu")
         self._meta = None
+        self._settings = None  # OrtSettings, once the graph's precision is known (conv_algo=auto depends on it)
         self._slots: dict[int, tuple] = {}
         self._cpu_session = None
         if self.onnx_path is not None:
@@ -109,33 +118,28 @@ class OrtEngine(Engine):
 
     # ---------------------------------------------------------------- sessions
 
+    def settings(self) -> OrtSettings:
+        """The session settings from the engine options; conv_algo=auto resolved by the graph's precision."""
+        if self._settings is None:
+            algo = self.opts["conv_algo"]
+            if algo == "auto":
+                fp16 = (self._meta or {}).get("dtype", self.dtype) == "fp16"
+                algo = "heuristic" if fp16 else "exhaustive"
+            self._settings = OrtSettings(cuda_graph=self.cuda_graph, tf32=self.opts["tf32"],
+                                         prefer_nhwc=self.opts["nhwc"], conv_algo=algo, threads=self.opts["threads"])
+        return self._settings
+
+    def _device_index(self) -> int:
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
     def _session(self, path: Path, cuda_graph: bool):
-        ort = self.ort
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-        if self.on_cuda:
-            idx = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            cuda_opts = {"device_id": str(idx), "enable_cuda_graph": "1" if cuda_graph else "0",
-                         "use_tf32": "1" if self.tf32 else "0"}
-            providers = [("CUDAExecutionProvider", cuda_opts)]
-        else:
-            providers = ["CPUExecutionProvider"]
-        sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
-        if self.on_cuda and sess.get_providers()[0] != "CUDAExecutionProvider":
-            # ONNX Runtime falls back to the CPU when the CUDA provider fails to start (missing libraries).
-            raise CCFastError(
-                f"ONNX Runtime {ort.__version__} could not start its CUDA provider (it runs {sess.get_providers()}): its "
-                "CUDA/cuDNN libraries are missing or of another major version; onnxruntime-gpu 1.31 needs CUDA 13 "
-                "and cuDNN 9 (importing a matching torch first, or onnxruntime.preload_dlls(), makes them visible)")
-        return sess
+        settings = replace(self.settings(), cuda_graph=cuda_graph)
+        return create_session(self.ort, path, settings, self._device_index() if self.on_cuda else None)
 
     def _bind(self, sess, bufs):
         binding = sess.io_binding()
         dev_type = "cuda" if self.on_cuda else "cpu"
-        dev_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if self.on_cuda else 0
+        dev_id = self._device_index() if self.on_cuda else 0
         for name, t in bufs.graph_inputs().items():
             binding.bind_input(name, dev_type, dev_id, NUMPY_DTYPES[t.dtype], list(t.shape), t.data_ptr())
         for name, t in bufs.graph_outputs().items():
@@ -201,7 +205,9 @@ class OrtEngine(Engine):
             run_step, bufs = self._slot(capacity, image_hw)
             bufs.load(xb, lb)
             t0 = time.perf_counter()
-            run_steps(bufs, run_step, self.config.steps, check_every_step=True)
+            # Without τ an example stops only on a NaN realness (step.py), and running on once every example has
+            # stopped changes nothing (step_graph_runner): the per-step host check would only cost a sync.
+            run_steps(bufs, run_step, self.config.steps, check_every_step=self.scalars.tau is not None)
             self._timings.setdefault(f"first_batch_b{capacity}_s", time.perf_counter() - t0)
             parts.append(collect(bufs, xb.shape[0], lb, self.scalars.tau))
         return RefineResult.cat(parts)

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..bn_fold import fold_batchnorm
 from ..errors import CCFastError
 from ..kernels.objective_head import interpreted, objective_head
 from ..kernels.pgd_step import pgd_step
@@ -225,13 +226,7 @@ class TritonEngine(Engine):
     def _prepare_network(self, model: torch.nn.Module) -> torch.nn.Module:
         net = copy.deepcopy(model).eval().requires_grad_(False)
         if self.opts.fold_bn:
-            try:
-                from torch.fx.experimental.optimization import fuse
-
-                net = fuse(net)
-                self._timings["fold_bn"] = "on"
-            except Exception as exc:  # noqa: BLE001 - a model fx cannot trace keeps its BatchNorms (same results)
-                self._timings["fold_bn"] = f"skipped: {type(exc).__name__}: {exc}"
+            net, self._timings["fold_bn"] = fold_batchnorm(net)
         half = self._autocast_dtype is not None
         if self.opts.pad_channels and half:
             self._timings["padded_convs"] = _pad_narrow_convs(net)
