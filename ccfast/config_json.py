@@ -1,4 +1,4 @@
-"""JSON round trip for the config dataclasses (`RefineConfig`, `TrainConfig`), written beside every output.
+"""JSON round trip for the config dataclasses (`RefineConfig`, `TrainConfig`, the benchmarks' settings).
 
 Kept free of torch so that reading a config never imports it.
 """
@@ -25,9 +25,12 @@ class JsonConfig:
 
     @classmethod
     def from_dict(cls, d: dict):
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(types)
         if unknown:
             raise CCFastError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        # JSON has no tuples: a tuple-typed field written by to_json comes back as a list; restore the tuple.
+        d = {k: tuple(v) if isinstance(v, list) and types[k].lower().startswith("tuple") else v for k, v in d.items()}
         return cls(**d)  # keys absent from an older file take their defaults
 
     @classmethod

@@ -178,7 +178,7 @@ def test_unavailable_engine_says_what_to_install(tiny_ckpt, samples_file, tmp_pa
 def test_help_teaches():
     out = subprocess.run([sys.executable, "-m", "ccfast.refine", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for word in ("--engine", "--preset", "bigroc", "sgld", "resume", "torchrun"):
+    for word in ("--engine", "--preset", "bigroc", "sgld", "resume", "torchrun", "α=0.002 per example"):
         assert word in out.stdout
 
 

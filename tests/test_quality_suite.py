@@ -100,12 +100,26 @@ def test_sampler_seeds_do_not_depend_on_batch_size():
     assert not np.array_equal(c, a)
 
 
+def test_settings_round_trip_through_json_with_their_tuples():
+    """The stage records and generator files store these settings as JSON (lists); reading them back must give
+    equal (hashable, tuple-valued) settings, and an unknown key is an error rather than silently dropped."""
+    from ccfast.errors import CCFastError
+
+    act = ACTConfig(d_channels=8, d_channel_mult=(1, 2))
+    for cfg in (TINY_UNET, act, ICTConfig(batch_size=4), NoiseSchedule(sigma_max=40.0)):
+        back = type(cfg).from_json(cfg.to_json())
+        assert back == cfg and hash(back) == hash(cfg)
+    assert UNetConfig.from_dict(json.loads(TINY_UNET.to_json())).channel_mult == (1, 2)
+    with pytest.raises(CCFastError, match="unknown UNetConfig keys"):
+        UNetConfig.from_dict({**TINY_UNET.to_dict(), "width": 3})
+
+
 # ------------------------------------------------------------------------------------------- generator training
 
 
 def _tiny_run(name="ct", act=None, iters=4):
     return GeneratorRun(name=name, unet=TINY_UNET, ict=ICTConfig(batch_size=4, s0=2, s1=8, warmup_iters=2), act=act,
-                        iters=iters, checkpoint_every_s=1e9)
+                        iters=iters)
 
 
 def _images(n=16, seed=0):
@@ -226,18 +240,145 @@ def _suite_args(out: Path, *extra) -> list[str]:
     return ["--data-dir", str(SHARED_DATA), "--out-dir", str(out), "--smoke", "--quiet", *extra]
 
 
-def test_refine_jobs_cover_rows_and_sweep():
+def test_refine_plan_covers_every_group_once():
+    from benchmarks.quality.plan import budget_point_name
     from benchmarks.quality.run import refine_jobs
     from benchmarks.quality.suite_config import default_config
 
-    jobs = {j["name"]: j for j in refine_jobs(default_config())}
-    for steps in (1, 2):
-        for method in ("bigroc", "paper", "sgld"):
-            assert jobs[f"ct_{steps}step_{method}"]["overrides"] == {}  # the presets exactly as ccfast defines them
-    assert jobs["ct_1step_paper_T50"]["overrides"] == {"steps": 50}
-    assert jobs["ct_1step_sgld_T5"]["overrides"] == {"steps": 5}
-    bigroc = jobs["ct_1step_bigroc_T3"]["overrides"]
-    assert bigroc["steps"] == 3 and math.isclose(bigroc["alpha"], 1.5 * 1.5 / 3)  # α = 1.5·ε/T follows T
+    cfg = default_config()
+    cfg.fast_engines = ("triton",)
+    jobs = {j.name: j for j in refine_jobs(cfg, alpha_scale=2.0)}
+    assert len(jobs) == len(refine_jobs(cfg, alpha_scale=2.0))  # names are unique
+    for k, suffix in enumerate(("", "_s1", "_s2")):
+        for steps in (1, 2):
+            for method in ("bigroc", "paper", "sgld"):
+                job = jobs[f"ct_{steps}step{suffix}_{method}"]  # the presets exactly as ccfast defines them
+                assert job.group == "main" and job.seed_index == k and job.engine == "torch"
+                # only SGLD draws noise: its seed follows the sample seed, so each seed is an independent repeat
+                assert job.overrides == ({"seed": cfg.sample_seed(k)} if method == "sgld" and k else {})
+    assert cfg.sample_seed(1) not in (cfg.seed + 1, cfg.seed + 2)  # not the joint model's training fakes
+    assert {j.name for j in jobs.values() if j.group == "engine"} == {
+        "ct_1step_bigroc_triton", "ct_1step_paper_triton", "ct_2step_bigroc_triton", "ct_2step_paper_triton"}
+    assert {j.name for j in jobs.values() if j.timed} == {n for n, j in jobs.items() if j.group == "engine"} | {
+        f"ct_{s}step_{m}" for s in (1, 2) for m in ("bigroc", "paper", "sgld")}
+    # equal budget: BIGROC's α = 1.5·ε/T follows T; the paper keeps α = 0.1; scaled takes α = c·ε/T
+    big = jobs["ct_2step_T3_bigroc"]
+    assert big.classifier == "robust" and big.overrides["steps"] == 3 and math.isclose(big.overrides["alpha"], 0.75)
+    assert jobs["ct_2step_s2_T10_paper"].overrides == {"steps": 10}
+    assert math.isclose(jobs["ct_2step_s1_T5_scaled"].overrides["alpha"], 2.0 * 1.5 / 5)
+    ce, eq12 = jobs["ct_2step_T5_joint_ce"], jobs["ct_2step_T5_robust_eq12"]
+    assert (ce.classifier, ce.preset, eq12.classifier, eq12.preset) == ("joint", "bigroc", "robust", "paper")
+    assert "ct_2step_s1_T5_joint_ce" not in jobs  # ablations: first seed only
+    # the presets' own budgets are the main rows, not repeated
+    assert "ct_2step_T7_bigroc" not in jobs and "ct_2step_T25_paper" not in jobs
+    assert budget_point_name(cfg, "ct_2step", "bigroc", 7) == "ct_2step_bigroc"
+    assert budget_point_name(cfg, "ct_2step_s1", "paper", 25) == "ct_2step_s1_paper"
+    # c is chosen on 1-step samples only, for every grid value and calibration budget
+    calib = [j for j in jobs.values() if j.group == "calibrate"]
+    assert {j.input for j in calib} == {"ct_1step"}
+    assert {(j.alpha_scale, j.budget) for j in calib} == {(c, t) for c in cfg.alpha_scales for t in cfg.calibrate_budgets}
+    # before calibration the scaled jobs are planned without α (the suite holds them back)
+    assert all("alpha" not in j.overrides for j in refine_jobs(cfg) if j.method == "scaled" and j.group == "budget")
+
+
+def test_concurrent_jobs_all_run_and_the_first_failure_is_raised():
+    from benchmarks.quality.run import run_concurrently
+
+    done = []
+
+    def fails():
+        raise ValueError("broken")
+
+    def pauses():
+        raise StagePaused("deadline")
+
+    tasks = [lambda i=i: done.append(i) for i in range(5)]
+    run_concurrently(tasks, 3)
+    assert sorted(done) == [0, 1, 2, 3, 4]
+    with pytest.raises(StagePaused):  # a deadline pause wins over another failure: the rerun resumes both
+        run_concurrently([fails, *tasks, pauses], 3)
+    assert len(done) == 10  # the others still finished
+    with pytest.raises(ValueError, match="broken"):
+        run_concurrently([fails, *tasks], 1)
+
+
+def test_plan_lists_every_refinement_and_an_estimate(capsys):
+    from benchmarks.quality.run import main, refine_jobs
+    from benchmarks.quality.suite_config import default_config
+
+    assert main(["--data-dir", "d", "--out-dir", "o", "--plan", "--device", "cpu", "--no-act"]) == 0
+    out = capsys.readouterr().out
+    jobs = refine_jobs(default_config())
+    assert f"refinements: {len(jobs)} " in out and all(j.name in out for j in jobs)
+    assert "generators      6.0" in out and "total" in out  # CT only (--no-act): 6 minutes
+
+
+def test_budget_minutes_list_makes_smaller_generators_and_their_rows(tmp_path):
+    from benchmarks.quality.plan import raw_samples
+    from benchmarks.quality.run import build_parser, config_from_args, refine_jobs
+
+    cfg = config_from_args(build_parser().parse_args(["--data-dir", "d", "--out-dir", "o", "--budget-minutes", "2,5",
+                                                      "--device", "cpu", "--no-act", "--seeds", "2"]))
+    assert cfg.gen_minutes == 5 and cfg.extra_gen_minutes() == (2.0,) and not cfg.train_act and cfg.n_seeds == 2
+    assert cfg.fast_engines == ()  # on a CPU the default engine is the reference alone
+    assert raw_samples(cfg) == ["ct_1step", "ct_2step", "ct_1step_s1", "ct_2step_s1", "ct_m2_1step", "ct_m2_2step"]
+    minutes = {j.name for j in refine_jobs(cfg) if j.group == "minutes"}
+    assert minutes == {f"ct_m2_{s}step_{m}" for s in (1, 2) for m in ("bigroc", "paper")}
+
+
+def _fake_result(out: Path, name: str, fid: float, steps: float = 0.0, loop_s: float = 1.0, timings: dict | None = None,
+                 config: dict | None = None) -> None:
+    """What the eval (and, with steps, refine) stages leave behind for NAME, as report.py reads it."""
+    for stage in [f"eval_{name}"] + ([f"refine_{name}"] if steps else []):
+        (out / "stages").mkdir(parents=True, exist_ok=True)
+        (out / "stages" / f"{stage}.json").write_text(json.dumps({"name": stage, "info": {}, "env": {}}))
+    (out / "metrics").mkdir(exist_ok=True)
+    (out / "metrics" / f"{name}.json").write_text(json.dumps({"fid": fid, "precision": 0.5, "recall": 0.1,
+                                                              "num_samples": 10000}))
+    if steps:
+        (out / "refined").mkdir(exist_ok=True)
+        meta = {"summary": {"mean_steps": steps, "n": 10000, "unchanged_fraction": 0.0, "stopped_fraction": 0.0,
+                            "mean_realness_init": 0.0, "mean_realness_final": 1.0},
+                "timings": {"refine_s_rank0": loop_s, **(timings or {})},
+                "config": {"alpha": 0.1, "early_stop": "realness", **(config or {})}}
+        (out / "refined" / f"{name}.npz.json").write_text(json.dumps(meta))
+
+
+def test_report_aggregates_seeds_and_says_which_differences_exceed_the_spread(tmp_path):
+    from benchmarks.quality import report
+    from benchmarks.quality.run import refine_jobs
+    from benchmarks.quality.suite_config import default_config
+
+    cfg = default_config()
+    cfg.fast_engines, cfg.train_act, cfg.methods = ("triton",), False, ("bigroc", "paper")
+    for k, suffix in enumerate(("", "_s1", "_s2")):
+        _fake_result(tmp_path, f"ct_2step{suffix}", 100.0 + k)
+        _fake_result(tmp_path, f"ct_2step{suffix}_bigroc", 90.0 + k, steps=7)     # 90, 91, 92: std 1
+        _fake_result(tmp_path, f"ct_2step{suffix}_paper", 80.0 + 0.5 * k, steps=20)  # 10 below: > 2 std
+        _fake_result(tmp_path, f"ct_2step{suffix}_T3_bigroc", 95.0 + 2 * k, steps=3)
+        _fake_result(tmp_path, f"ct_2step{suffix}_T3_paper", 95.5 + 2 * k, steps=3)  # 0.5 above: within
+    _fake_result(tmp_path, "ct_2step_paper_triton", 80.4, steps=20, loop_s=0.5, timings={"compile_s": 20.0})
+    run = report.RunData(tmp_path)
+    rows = {r["samples"]: r for r in report.main_rows(run, cfg)}
+    big, pgd = rows["ct_2step_bigroc"], rows["ct_2step_paper"]
+    assert (big["fid"], big["fid_std"], big["n_seeds"]) == (91.0, 1.0, 3) and big["fid_per_seed"] == "90.000;91.000;92.000"
+    assert math.isclose(big["fid_change_vs_unrefined_pct"], -10.0 / 101.0 * 100)
+    assert report.exceeds_spread(pgd, big) is True
+    points = {(p["method"], p["budget"]): p for p in report.budget_points(run, cfg)}
+    assert points[("bigroc", 7)]["samples"] == "ct_2step_bigroc"  # the preset's own budget is its main row
+    assert report.exceeds_spread(points[("paper", 3)], points[("bigroc", 3)]) is False
+    assert points[("paper", 3)]["early_stopping"] and points[("unrefined", 0)]["fid"] == 101.0
+    text = " ".join(report.budget_findings(list(points.values()), cfg, None))
+    assert "T = 3:" in text and "within the seed spread" in text
+    (eng,) = report.engine_rows(run, refine_jobs(cfg, alpha_scale=1.0))
+    assert eng["samples"] == "ct_2step" and math.isclose(eng["fid_change_pct"], 0.5) and eng["within_1pct"]
+    assert eng["engine_setup_seconds"] == 20.0 and eng["refine_seconds_per_10k_engine"] == 0.5
+    lines, _ = report.findings(run, list(rows.values()), cfg)
+    assert any("joint PGD's FID is lower than BIGROC's" in x and "exceeds the seed spread" in x for x in lines)
+    goals = report.targets(list(rows.values()), list(points.values()), [eng], cfg)
+    assert "T=3 +0.5% (paper) — not met at any budget" in goals[0]  # 95.5+ vs 95+: joint is worse at T=3
+    assert goals[1].endswith("2-step samples: -20.3% — not met")  # (80.5 − 101) / 101: short of −25%
+    assert "largest |Δ| 0.50%" in goals[2] and goals[2].endswith("met")
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10" / "test.npz").exists(), reason="shared CIFAR-10 data not present")
@@ -271,7 +412,7 @@ def test_smoke_suite_end_to_end_pauses_and_resumes(tmp_path, capsys):
     md = (results / "quality.md").read_text()
     assert "SMOKE RUN" in md and "published, not measured here" in md
     assert "13.0 / 11.1" in md and "Consistency Distillation" not in (results / "quality.csv").read_text()  # kept apart
-    for name in ("grid.png", "quality_sweep.csv", "published_imagenet64.csv"):
+    for name in ("grid.png", "quality_budget.csv", "published_imagenet64.csv"):
         assert (results / name).stat().st_size > 0, name
     if importlib.util.find_spec("matplotlib") is not None:  # the plot needs matplotlib; without it the report says so
         assert (results / "fid_vs_steps.png").stat().st_size > 0
@@ -298,7 +439,8 @@ def test_smoke_suite_in_two_lanes_gives_the_one_lane_stages(tmp_path):
     assert main(_suite_args(out, "--lanes", "2")) == 0
     logs = (out / "logs" / "lane0.log").read_text() + (out / "logs" / "lane1.log").read_text()
     records = {p.stem for p in (out / "stages").glob("*.json")}
-    jobs = [j["name"] for j in refine_jobs(smoke_config())]
+    jobs = [j.name for j in refine_jobs(smoke_config(), alpha_scale=json.loads(
+        (out / "stages" / "calibrate.json").read_text())["info"]["alpha_scale"])]
     assert {"data", "gen_ct", "samples_ct", "gen_act", "samples_act", "clf_robust", "clf_joint"} <= records
     assert {f"refine_{j}" for j in jobs} <= records and {f"eval_{j}" for j in jobs} <= records
     assert "--refine-methods bigroc" in logs and "--refine-methods paper,sgld" in logs

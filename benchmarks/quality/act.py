@@ -22,17 +22,21 @@ What this project changes, and why (said again in README.md):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ccfast.config_json import JsonConfig
+
 from .unet import ResBlock, group_norm, noise_embedding
 
 
 @dataclass(frozen=True)
-class ACTConfig:
+class ACTConfig(JsonConfig):
+    """ACT's adversarial term: its weight in the generator loss, the discriminator's optimiser, R1 and size."""
+
     gan_weight: float = 0.3
     d_lr: float = 1e-4
     d_beta1: float = 0.0
@@ -42,16 +46,6 @@ class ACTConfig:
     d_channels: int = 96
     d_channel_mult: tuple[int, ...] = (1, 2, 2, 2)
     ct_scale_momentum: float = 0.99  # running mean of L_CT used to normalise it (see module docstring)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ACTConfig":
-        d = dict(d)
-        if "d_channel_mult" in d:
-            d["d_channel_mult"] = tuple(d["d_channel_mult"])
-        return cls(**d)
 
 
 class Discriminator(nn.Module):

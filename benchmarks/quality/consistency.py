@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from ccfast.config_json import JsonConfig
 
 from .unet import UNet, UNetConfig
 
 
 @dataclass(frozen=True)
-class NoiseSchedule:
+class NoiseSchedule(JsonConfig):
     """Karras et al. (2022) noise levels as used by CM/iCT on CIFAR-10."""
 
     sigma_min: float = 0.002
@@ -34,12 +36,9 @@ class NoiseSchedule:
     sigma_data: float = 0.5
     rho: float = 7.0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class ICTConfig:
+class ICTConfig(JsonConfig):
     """iCT hyper-parameters (paper defaults, except the ones a minutes-long budget forces; see README)."""
 
     batch_size: int = 256
@@ -55,9 +54,6 @@ class ICTConfig:
     ema_halflife_frac: float = 0.05
     hflip: bool = True
     mixed_precision: bool = True  # bf16 autocast of the UNet on CUDA
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def karras_sigmas(n: int, sched: NoiseSchedule, device=None) -> torch.Tensor:

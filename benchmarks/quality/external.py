@@ -85,10 +85,10 @@ def release(path: Path) -> None:
 
 def train_classifier(run_dir: Path, real: list[Path], fake: list[Path], arch: str, init: Path | None, iters: int,
                      batch_size: int, flags: list[str], ckpt_every: int, device: str, config_key: str,
-                     quiet: bool, log=print) -> dict:
+                     quiet: bool, log=print, num_classes: int = 10) -> dict:
     """One `ccfast.train` run to completion (resuming a run started with the same config); returns its facts."""
     resumable = claim(run_dir, config_key) and (run_dir / "state.pt").exists()
-    args = ["--real", *real, *(["--fake", *fake] if fake else []), "--arch", arch, "--num-classes", 10, "--out", run_dir,
+    args = ["--real", *real, *(["--fake", *fake] if fake else []), "--arch", arch, "--num-classes", num_classes, "--out", run_dir,
             "--iters", iters, "--batch-size", batch_size, "--ckpt-every", ckpt_every, "--device", device, *flags]
     if init is not None:
         args += ["--init", init]
@@ -122,7 +122,7 @@ def training_facts(run_dir: Path) -> dict:
 
 
 def refine(checkpoint: Path, inp: Path, out: Path, preset: str, overrides: dict, batch_size: int, device: str,
-           config_key: str, quiet: bool, log=print) -> dict:
+           config_key: str, quiet: bool, log=print, engine: str = "torch") -> dict:
     """One `ccfast.refine` call; returns its OUT.npz.json (timings, mean steps)."""
     if not claim(out, config_key):
         partial = out.with_name(out.name + ".partial")
@@ -131,7 +131,7 @@ def refine(checkpoint: Path, inp: Path, out: Path, preset: str, overrides: dict,
     for stale in (out, Path(str(out) + ".json")):
         stale.unlink(missing_ok=True)  # a finished output of an older config
     args = ["--checkpoint", checkpoint, "--input", inp, "--output", out, "--preset", preset,
-            "--batch-size", batch_size, "--device", device]
+            "--batch-size", batch_size, "--device", device, "--engine", engine]
     for key, value in overrides.items():
         args += [f"--{key.replace('_', '-')}", value]
     if quiet:

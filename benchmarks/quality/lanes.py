@@ -1,12 +1,13 @@
 """`--lanes 2`: the suite on two GPUs, its independent stages running side by side, one process per GPU.
 
-The stage graph (run.py): samples_X reads gen_X; clf_joint reads clf_robust and samples_ct; refine's bigroc
-jobs read clf_robust and the CT samples, its paper/sgld jobs read clf_joint; eval scores whatever sample files
-exist; report reads eval. Two lanes cover it with little waiting:
+The stage graph (run.py): samples_X reads gen_X; clf_joint reads clf_robust and samples_ct; refine's jobs on the
+robust classifier ("bigroc": BIGROC and the robust-classifier ablation) read clf_robust and the CT samples, its
+joint-model jobs ("paper,sgld") read clf_joint; the α = c·ε/T jobs also need the evaluated calibration; eval
+scores whatever sample files exist; report reads eval. Two lanes cover it with little waiting:
 
   lane 0 (GPU 0): gen_ct, samples_ct -> [clf_robust done] clf_joint -> refine paper,sgld
   lane 1 (GPU 1): clf_robust -> gen_act, samples_act -> [samples_ct done] refine bigroc -> eval (what exists)
-  then on GPU 0:  eval (the rest), report
+  then on GPU 0:  refine (the α = c·ε/T jobs, once calibration is evaluated), eval (the rest), report
 
 Each generator trains alone on its own GPU, so CT and ACT still get equal minutes of equal cards. Every step is
 `python -m benchmarks.quality.run` with the same arguments, `--stages` for its part and CUDA_VISIBLE_DEVICES for
@@ -40,7 +41,8 @@ TWO_LANES = (
     (Step("clf_robust"), Step("gen_act,samples_act"), Step("refine", waits=("samples_ct",), refine_methods="bigroc"),
      Step("eval")),
 )
-FINAL = Step("eval,report")
+# The final step refines too: the α = c·ε/T jobs wait for the evaluated calibration, which only exists by then.
+FINAL = Step("refine,eval,report")
 EXIT_PAUSED = 3
 
 # Options of the parent command that the lanes set themselves (each takes one value).

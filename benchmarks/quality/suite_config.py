@@ -4,14 +4,17 @@ Choices that depart from the papers because of the budget or the 32×32 data are
 ("Settings and why"). In short:
 - training-time attack radii are the SPEC's ImageNet-64 values halved (an L2 norm grows with sqrt(#pixels), and
   32×32 has a quarter of the pixels of 64×64); the refinement presets are used exactly as ccfast defines them;
-- both classifiers start from the standard CIFAR ResNet (20 by default, `--clf-arch`) of shared/data/models (no robust CIFAR model is
-  available offline); the joint model starts from the robust one, as the paper starts from a robust ResNet-50;
+- both classifiers start from the standard CIFAR ResNet (20 by default, `--clf-arch`) of shared/data/models (no
+  robust CIFAR model is available offline); the joint model starts from the robust one, as the paper starts from
+  a robust ResNet-50;
 - learning rates are raised from the ImageNet fine-tuning value (1e-5) to 1e-4 for a few thousand iterations.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
+
+from ccfast.config_json import JsonConfig
 
 from .act import ACTConfig
 from .consistency import ICTConfig
@@ -19,6 +22,7 @@ from .sample import SIGMA_MID_CIFAR10
 from .unet import UNetConfig
 
 METHODS = ("bigroc", "paper", "sgld")
+SEED_STRIDE = 100
 
 
 @dataclass
@@ -50,17 +54,28 @@ def joint_flags(iters: int, ell0_holdout: int = 2000) -> list[str]:
 
 
 @dataclass
-class SuiteConfig:
+class SuiteConfig(JsonConfig):
     smoke: bool = False
+    # what the report calls the data and the refined generator (paper_repro.py: imagenet64, the user's samples)
+    dataset: str = "cifar10"
+    generator_label: str = "CT"
+    intro: str | None = None  # the report's first paragraph (None: the CIFAR-10 suite's)
     seed: int = 0
     # generators (stages gen_ct, gen_act)
     unet: UNetConfig = field(default_factory=UNetConfig)
     ict: ICTConfig = field(default_factory=ICTConfig)
     act: ACTConfig = field(default_factory=ACTConfig)
-    gen_minutes: float = 6.0
+    gen_minutes: float = 6.0      # the main generators (CT and ACT): their samples feed every refinement
     gen_iters: int | None = None  # None: as many as gen_minutes afford
+    # smaller CT budgets for the FID-vs-generator-minutes trend (same classifiers; seed 0 samples only)
+    extra_minutes: tuple[float, ...] = ()
+    train_act: bool = True
     # samples
     n_eval: int = 10000
+    # Seeds of sampling and refinement for the main rows and the equal-budget curves: sample seed k is
+    # seed + SEED_STRIDE·k (the joint model's training fakes use seed+1 and seed+2). Generators and classifiers
+    # are trained once: the spread measured is that of sampling and refinement, not of training.
+    n_seeds: int = 3
     n_train_fakes: int = 20000  # half 1-step, half 2-step; other seeds than the evaluated samples
     sample_batch: int = 500
     sigma_mid: float = SIGMA_MID_CIFAR10
@@ -76,16 +91,28 @@ class SuiteConfig:
     ckpt_every: int = 250
     # refinement
     refine_batch: int = 1000
-    refine_inputs: tuple[str, ...] = ("ct_1step", "ct_2step")
+    refine_steps: tuple[int, ...] = (1, 2)   # the CT samples (sampler steps) the main rows refine
     methods: tuple[str, ...] = METHODS
-    sweep_input: str = "ct_1step"
-    # extra step budgets per preset for the FID-vs-steps curve (the preset's own T is always there)
-    sweep: dict = field(default_factory=lambda: {"paper": [5, 10, 50], "bigroc": [3, 14], "sgld": [5, 30]})
+    # engines whose FIDs and times are reported beside the reference's on the main rows (--engine)
+    fast_engines: tuple[str, ...] = ()
+    # equal-budget comparison (plan.py): step budgets, on which CT samples, which methods (all seeds / first only)
+    budgets: tuple[int, ...] = (3, 5, 7, 10, 25)
+    budget_steps: int = 2
+    budget_methods: tuple[str, ...] = ("bigroc", "paper", "scaled", "joint_ce", "robust_eq12")
+    budget_methods_all_seeds: tuple[str, ...] = ("bigroc", "paper", "scaled")
+    # α = c·ε/T: c is chosen from this grid on CT `calibrate_steps`-step samples (never the reported ones),
+    # as the c with the lowest mean FID over `calibrate_budgets`
+    calibrate_steps: int = 1
+    calibrate_budgets: tuple[int, ...] = (3, 10)
+    alpha_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
     # evaluation
     eval_batch: int = 250
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def sample_seed(self, k: int) -> int:
+        return self.seed + SEED_STRIDE * k
+
+    def extra_gen_minutes(self) -> tuple[float, ...]:
+        return tuple(sorted(m for m in self.extra_minutes if m != self.gen_minutes))
 
 
 def default_config() -> SuiteConfig:
@@ -104,5 +131,10 @@ def smoke_config() -> SuiteConfig:
         clf_arch="tiny", clf_init_pretrained=False,
         robust=ClassifierPlan(2, 8, robust_flags(2, ell0_holdout=16) + tiny_train),
         joint=ClassifierPlan(2, 8, joint_flags(2, ell0_holdout=16) + tiny_train),
-        ckpt_every=1, refine_batch=24, refine_inputs=("ct_1step",), sweep={}, eval_batch=24,
+        ckpt_every=1, refine_batch=24, eval_batch=24,
+        # every refinement group once, with as few ccfast.refine calls as that allows (each is a process; the
+        # seed statistics and the other budget methods are tested on their own): 3 main rows, 1 calibration, 1
+        # budget job (BIGROC's T=7 is its main row)
+        n_seeds=1, refine_steps=(1,), budgets=(7,), budget_steps=1, budget_methods=("bigroc", "scaled"),
+        calibrate_budgets=(2,), alpha_scales=(2.0,),
     )

@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ccfast.config_json import JsonConfig
 from ccfast.errors import CCFastError
 from ccfast.io_utils import atomic_path
 
@@ -44,7 +45,7 @@ OVERRUN_FACTOR = 1.15
 
 
 @dataclass
-class GeneratorRun:
+class GeneratorRun(JsonConfig):
     """Everything that determines a generator's training (its dict is the stage's recorded config)."""
 
     name: str
@@ -55,12 +56,6 @@ class GeneratorRun:
     budget_minutes: float = 6.0
     iters: int | None = None  # None: as many as the budget affords (calibrated)
     seed: int = 0
-    checkpoint_every_s: float = 120.0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("checkpoint_every_s")  # how often we save does not change the result
-        return d
 
 
 def load_generator(path: str | Path, device="cpu") -> tuple[ConsistencyModel, dict]:
@@ -68,7 +63,7 @@ def load_generator(path: str | Path, device="cpu") -> tuple[ConsistencyModel, di
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != "ccfast-bench-generator":
         raise CCFastError(f"{path}: not a generator file written by benchmarks.quality")
-    model = ConsistencyModel(UNetConfig.from_dict(payload["unet"]), NoiseSchedule(**payload["schedule"]))
+    model = ConsistencyModel(UNetConfig.from_dict(payload["unet"]), NoiseSchedule.from_dict(payload["schedule"]))
     model.net.load_state_dict(payload["ema"])
     return model.to(device).eval().requires_grad_(False), payload["meta"]
 
@@ -91,11 +86,13 @@ def _sync(device: torch.device) -> None:
 
 
 def train_generator(run: GeneratorRun, images: np.ndarray, labels: np.ndarray, out_dir: str | Path,
-                    device: str | torch.device = "cpu", progress: bool = True, deadline: float | None = None) -> dict:
+                    device: str | torch.device = "cpu", progress: bool = True, deadline: float | None = None,
+                    checkpoint_every_s: float = 120.0) -> dict:
     """Train, write OUT_DIR/generator.pt (EMA weights) and return the summary recorded with the stage.
 
     `deadline` (a `time.monotonic()` value): past it, the state is saved and `StagePaused` raised; calling again
-    with the same run continues exactly where it stopped (same batches, noise, dropout masks)."""
+    with the same run continues exactly where it stopped (same batches, noise, dropout masks). The state is also
+    saved every `checkpoint_every_s` seconds; how often is not part of the run (it does not change the result)."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
@@ -247,7 +244,7 @@ def train_generator(run: GeneratorRun, images: np.ndarray, labels: np.ndarray, o
         k += 1
         bar.update(1)
 
-        if time.perf_counter() - last_save > run.checkpoint_every_s:
+        if time.perf_counter() - last_save > checkpoint_every_s:
             _sync(device)
             save_state()
             last_save = time.perf_counter()

@@ -12,16 +12,18 @@ The discriminator of ACT (`act.py`) reuses `ResBlock`, `AttnBlock` and `noise_em
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ccfast.config_json import JsonConfig
+
 
 @dataclass(frozen=True)
-class UNetConfig:
-    """Sizes of the UNet; `to_dict`/`from_dict` round-trip through the stage records (JSON)."""
+class UNetConfig(JsonConfig):
+    """Sizes of the UNet; JsonConfig's `to_dict`/`from_dict` round-trip it through the stage records."""
 
     image_size: int = 32
     channels: int = 96
@@ -31,17 +33,6 @@ class UNetConfig:
     dropout: float = 0.1
     num_classes: int = 10
     head_channels: int = 64
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        d = dict(d)
-        for key in ("channel_mult", "attn_resolutions"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
 
 
 def noise_embedding(c_noise: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -32,7 +32,8 @@ presets (SPEC §4; explicit flags override them):
   paper      PGD on Eq. 12 (CE + (ℓ_fake−ℓ0)²/2), α=0.1, T=25, ε=1.5, early stop at ℓ_fake ≥ ℓ0
   bigroc     PGD on cross-entropy toward the generator's label, α=1.5·ε/T, T=7, ε=1.5, no early stop
   bigroc-pl  as bigroc, toward the classifier's argmax on the unrefined image (pseudo-labels)
-  sgld       x ← x + α∇f_c(x) + σ·N(0,I), α=0.2, σ=1e-4, T=15, no projection
+  sgld       x ← x + α∇f_c(x) + σ·N(0,I), α=0.002 per example (the official α=0.2 on the mean over
+             batches of 100), σ=1e-4, T=15, no projection
 
 examples:
   python -m ccfast.refine --checkpoint joint.pt --input samples.npz --output refined.npz
