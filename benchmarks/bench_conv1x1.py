@@ -187,15 +187,22 @@ def bench_shape(shape, B, device, dtype, recipes, rounds):
 
     conv_b, mm_b = recipes["conv_bwd"], recipes["mm_bwd"]
     impls = {
-        "fused conv1x1_dgrad": ([lambda i=i: conv1x1_dgrad(dys[i], masks[i], w, rs[i], rmasks[i])
-                                 for i in range(n_sets)], base + M * words(N) + (M * words(K) if gate else 0)),
+        "fused conv1x1_dgrad": (
+            [lambda i=i: conv1x1_dgrad(dys[i], masks[i], w, rs[i], rmasks[i]) for i in range(n_sets)],
+            base + M * words(N) + (M * words(K) if gate else 0),
+        ),
         "fused conv1x1_dgrad, mask in epilogue": (
             [lambda i=i: conv1x1_dgrad(dzs[i], None, w, rs[i], None, out_mask=in_masks[i]) for i in range(n_sets)],
-            base + M * words(K)),
-        "compile relu-bwd+conv-dgrad": ([lambda i=i: conv_b(dys[i], ys[i], w, rs[i], yos[i], xs[0]) for i in range(n_sets)],
-                                        base + e * M * N + (e * M * K if gate else 0)),
-        "compile relu-bwd+matmul": ([lambda i=i: mm_b(dys[i], ys[i], w, rs[i], yos[i], xs[0]) for i in range(n_sets)],
-                                    base + e * M * N + (e * M * K if gate else 0)),
+            base + M * words(K),
+        ),
+        "compile relu-bwd+conv-dgrad": (
+            [lambda i=i: conv_b(dys[i], ys[i], w, rs[i], yos[i], xs[0]) for i in range(n_sets)],
+            base + e * M * N + (e * M * K if gate else 0),
+        ),
+        "compile relu-bwd+matmul": (
+            [lambda i=i: mm_b(dys[i], ys[i], w, rs[i], yos[i], xs[0]) for i in range(n_sets)],
+            base + e * M * N + (e * M * K if gate else 0),
+        ),
     }
     dx_f = conv1x1_dgrad(dys[0], masks[0], w, rs[0], rmasks[0])
     dx_c = conv_b(dys[0], ys[0], w, rs[0], yos[0], xs[0])

@@ -97,7 +97,9 @@ def validate_labels(labels, n: int, num_classes: int | None, where: str) -> np.n
     return labels
 
 
-def save_samples(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None, layout: str = "arr", **extras) -> None:
+def save_samples(
+    path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None, layout: str = "arr", **extras
+) -> None:
     """Write a sample file atomically (it appears only when complete)."""
     validate_uint8_images(images, str(path))
     arrays = {"arr_0": images} if layout == "arr" else {"images": images}

@@ -241,7 +241,9 @@ def extract_state_dict(obj, where: str = "checkpoint") -> tuple[dict[str, torch.
                 sd = obj[key]
                 break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CCFastError(f"{where}: no state dict of tensors found (top-level keys: {list(obj)[:8] if isinstance(obj, dict) else type(obj)})")
+        raise CCFastError(
+            f"{where}: no state dict of tensors found (top-level keys: {list(obj)[:8] if isinstance(obj, dict) else type(obj)})"
+        )
     norm = {}
     out = {}
     for k, v in sd.items():
@@ -263,7 +265,9 @@ def extract_state_dict(obj, where: str = "checkpoint") -> tuple[dict[str, torch.
     return out, norm
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, fresh_head: bool | None = None, arch: str | None = None) -> dict:
+def load_backbone_weights(
+    backbone: nn.Module, path: str | os.PathLike, fresh_head: bool | None = None, arch: str | None = None
+) -> dict:
     """Load third-party weights into `backbone`. With `fresh_head=None`, the head is re-initialised
     only when its shape differs (a different class count); `True` always re-initialises it.
     Returns the normaliser found in the file (may be empty)."""
@@ -289,6 +293,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, fresh_he
         )
     for k, v in sd.items():
         if own[k].shape != v.shape:
-            raise CCFastError(f"{path}: parameter {k} has shape {tuple(v.shape)}, architecture expects {tuple(own[k].shape)}")
+            raise CCFastError(
+                f"{path}: parameter {k} has shape {tuple(v.shape)}, architecture expects {tuple(own[k].shape)}"
+            )
     backbone.load_state_dict(sd, strict=False)
     return norm

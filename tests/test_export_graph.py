@@ -80,7 +80,9 @@ def test_one_step_matches_reference_for_every_objective(arch):
         tau = tau_between(realness)
         ref_act = early_stop_active_ref(realness, active, tau)
         ref_x = pgd_step_ref(x, g, x0, ref_act, 0.1, eps)
-        ox, oact, oJ, orr = run_graph(sess, x, x0, labels, active, params_vector(0.1, eps, tau, head_coefficients(head)))
+        ox, oact, oJ, orr = run_graph(
+            sess, x, x0, labels, active, params_vector(0.1, eps, tau, head_coefficients(head))
+        )
         assert torch.equal(oact, ref_act), what
         assert_matches(ox, ref_x, margins.near_tie(), what=what)
         assert rel(oJ, J) <= 1e-4 and rel(orr, realness) <= 1e-4, what
@@ -115,7 +117,9 @@ def test_dynamic_batch(n):
     active = torch.ones(n, dtype=torch.bool)
     head = HeadParams()
     (ref_x, ref_act, ref_J, _), margins = reference(model, x, x0, labels, active, head, 0.1, 1.5, None)
-    ox, oact, oJ, _ = run_graph(session("tiny"), x, x0, labels, active, params_vector(0.1, 1.5, None, head_coefficients(head)))
+    ox, oact, oJ, _ = run_graph(
+        session("tiny"), x, x0, labels, active, params_vector(0.1, 1.5, None, head_coefficients(head))
+    )
     assert ox.shape == (n, 3, 16, 16) and oJ.shape == (n,)
     assert_matches(ox, ref_x, margins.near_tie())
     assert rel(oJ, ref_J) <= 1e-4
@@ -133,7 +137,9 @@ def test_fp16_graph_within_stated_tolerance(arch):
     for head, (ref_J, ref_r, g) in zip(heads, refs):
         objective = head.objective
         ref_x = pgd_step_ref(x, g, x0, active, 0.1, None)
-        ox, oact, oJ, orr = run_graph(session(arch, "fp16"), x, x0, labels, active, params_vector(0.1, None, None, head_coefficients(head)))
+        ox, oact, oJ, orr = run_graph(
+            session(arch, "fp16"), x, x0, labels, active, params_vector(0.1, None, None, head_coefficients(head))
+        )
         assert torch.equal(oact, active)
         cos = torch.nn.functional.cosine_similarity((ox - x).flatten(1), (ref_x - x).flatten(1), dim=1)
         assert cos.min().item() >= FP16_MIN_COSINE[arch], (objective, cos)

@@ -78,8 +78,12 @@ def test_logsumexp_realness_and_mid_trajectory_stops(arch):
     """JEM realness, and a τ that some examples cross *during* the steps (so masks change mid-run)."""
     model, _ = loaded(arch)
     x0, _, labels = batch(arch, 8, seed=4)
-    config = RefineConfig.from_preset("paper", objective="jem", realness="logsumexp", steps=5, alpha=0.3, eps=None, ell0=1.0)
-    run = Refiner(checkpoint(arch), engine="torch", config=config.replace(early_stop="none"), device="cpu").refine(x0, labels)
+    config = RefineConfig.from_preset(
+        "paper", objective="jem", realness="logsumexp", steps=5, alpha=0.3, eps=None, ell0=1.0
+    )
+    run = Refiner(checkpoint(arch), engine="torch", config=config.replace(early_stop="none"), device="cpu").refine(
+        x0, labels
+    )
     tau = tau_between(torch.cat([run.realness_init, run.realness_final]))
     x0, want, got, near_tie = compare_engines(arch, config.replace(tau=tau), n=8, seed=4)
     assert ((want.steps > 0) & (want.steps < 5)).any()  # stopped part-way

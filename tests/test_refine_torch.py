@@ -97,7 +97,9 @@ def test_sgld_reproducible_by_seed_and_independent_of_chunking(tiny_ckpt):
 
 def test_sgld_ascends_class_logit(tiny_ckpt):
     images, labels = make_samples(6)
-    out = refiner(tiny_ckpt, method="sgld", alpha=0.2, steps=5, eps=None, early_stop="none", sigma=1e-4).refine(images, labels)
+    out = refiner(tiny_ckpt, method="sgld", alpha=0.2, steps=5, eps=None, early_stop="none", sigma=1e-4).refine(
+        images, labels
+    )
     assert (out.objective_final < out.objective_init).all()  # J = −f_c falls
 
 

