@@ -330,7 +330,7 @@ class Runner:
         try:
             runs = setup(b, pool)
             sync(self.device)
-            setup_s = time.perf_counter() - t0
+            setup_s: float | None = time.perf_counter() - t0  # reported on the contender's first row only
             for run in runs:
                 timing = time_calls(run.call, self.device, warmup=self.args.warmup, reps=self.args.reps,
                                     before=run.load, clock=run.clock, probe=meter.read)
@@ -341,9 +341,9 @@ class Runner:
                                 image_steps_per_s=round(pool.batch / per_step, 1),
                                 peak_mib=round(meter.peak_above_start() / MIB, 1),
                                 growth_mib="" if growth is None else round(growth / MIB, 2), max_abs_dx=dx,
-                                setup_s=round(setup_s, 2), notes=f"{run.notes}; memory counter {meter.counter}",
-                                **common)
-                setup_s = ""
+                                setup_s="" if setup_s is None else round(setup_s, 2),
+                                notes=f"{run.notes}; memory counter {meter.counter}", **common)
+                setup_s = None
         except NotRun as why:
             self.report.add(method=label, notes=f"not run: {why}"[:300], **common)
         except Exception as exc:  # noqa: BLE001 - a failed contender is a row saying so, not a lost run

@@ -255,3 +255,22 @@ def test_bench_refine_smoke_run_on_cpu(tmp_path, capsys):
     assert "- commit: test" in md and "versions: torch" in md
     printed = capsys.readouterr().out
     assert printed.rstrip().splitlines()[-1].split()[:3] == ["tiny", "ort", "engine,"]
+
+
+def test_a_contender_with_two_rows_writes_both(tmp_path, monkeypatch):
+    # The triton contender adds a "graph replay only" row on a GPU; its second row once failed on the set-up time.
+    def two_rows(b, pool):
+        first = bench_refine.setup_reference(b, pool)[0]
+        second = bench_refine.Timed("reference engine, again", "fp32", first.call, first.load, first.steps)
+        return [first, second]
+
+    monkeypatch.setitem(bench_refine.SETUPS, "reference", two_rows)
+    out = tmp_path / "res"
+    rc = bench_refine.main(["--device", "cpu", "--arch", "tiny", "--num-classes", "10", "--size", "16",
+                            "--batches", "1", "--methods", "reference", "--steps", "1", "--warmup", "1",
+                            "--reps", "1", "--early-stop", "0", "--out", str(out), "--commit", "test"])
+    assert rc == 0
+    rows = list(csv.DictReader(io.StringIO((out / "bench_refine.csv").read_text())))
+    assert [r["method"] for r in rows] == ["reference engine", "reference engine, again"]
+    assert all(float(r["ms_per_step"]) > 0 for r in rows)
+    assert float(rows[0]["setup_s"]) >= 0 and rows[1]["setup_s"] == ""
