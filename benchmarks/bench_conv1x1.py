@@ -140,7 +140,8 @@ def bench_shape(shape, B, device, dtype, recipes, rounds):
     e = torch.tensor([], dtype=dtype).element_size()
     M, K, N, hw = B * shape.hw * shape.hw, shape.cin, shape.cout, shape.hw
     res = shape.role == "conv3"
-    words = lambda c: 4 * -(-c // 32)
+    def words(c):
+        return 4 * -(-c // 32)
     g = torch.Generator(device="cpu").manual_seed(M + K + N)
     w = (torch.randn(N, K, 1, 1, generator=g) / K**0.5).to(device, dtype)
     b = torch.randn(N, generator=g).to(device, dtype)
@@ -179,11 +180,14 @@ def bench_shape(shape, B, device, dtype, recipes, rounds):
     rs = [_cl(torch.randn(B, K, hw, hw, generator=g).to(device, dtype)) if gate else None for _ in range(n_sets)]
     yos_all = [_cl(torch.relu(torch.randn(B, K, hw, hw, generator=g)).to(device, dtype)) for _ in range(n_sets)]
     yos = [yo if gate else None for yo in yos_all]
-    as_rows = lambda t: t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    def as_rows(t):
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
     masks = [pack_relu_mask(as_rows(y) > 0) for y in ys]
     in_masks = [pack_relu_mask(as_rows(yo) > 0) for yo in yos_all]  # ReLU of this convolution's input
     rmasks = [m if gate else None for m in in_masks]
-    dzs = [torch.where(y > 0, dy, 0) for y, dy in zip(ys, dys)]  # dy as the epilogue placement receives it
+    dzs = [
+        torch.where(y > 0, dy, 0) for y, dy in zip(ys, dys, strict=False)
+    ]  # dy as the epilogue placement receives it
 
     conv_b, mm_b = recipes["conv_bwd"], recipes["mm_bwd"]
     impls = {

@@ -30,10 +30,9 @@ pytest.importorskip("pytest_benchmark")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ccfast.io_utils import write_text_atomic
 from ccfast.kernels.objective_head import objective_head, objective_head_ref
 from ccfast.kernels.pgd_step import pgd_step, pgd_step_ref
-
-from ccfast.io_utils import write_text_atomic
 from ccfast.objectives import HeadParams
 
 REPEAT = 20
@@ -134,7 +133,8 @@ PGD_CASES = [(256, 64, "fp32", False), (256, 64, "fp32", True), (256, 64, "bf16"
                          ids=[f"B{b}-{h}x{h}-{d}-{'nhwc' if cl else 'nchw'}" for b, h, d, cl in PGD_CASES])
 def test_pgd_step(benchmark, impl, B, hw, dtype, channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    make = lambda: torch.rand(B, 3, hw, hw, device="cuda").to(DTYPES[dtype]).contiguous(memory_format=fmt)
+    def make():
+        return torch.rand(B, 3, hw, hw, device="cuda").to(DTYPES[dtype]).contiguous(memory_format=fmt)
     x, g, x0 = make(), make(), make()
     active = torch.ones(B, dtype=torch.bool, device="cuda")
     fn = (lambda: pgd_step(x, g, x0, active, 0.1, 1.5)) if impl == "kernel" else \

@@ -234,7 +234,8 @@ def main(argv=None) -> int:
         f"# ccfast.train demo\n\n{STANDIN_NOTE}.\n\ndevice {cfg['device']}, amp {cfg['amp']}, "
         f"{cfg['world_size']} process(es); {args.iters} iterations, batch {args.batch_size} real + {args.batch_size} "
         f"generated, lr {args.lr}; attacks: real ε {c['real_eps']:g} step {c['real_step']:g} × {c['real_steps']}, "
-        f"generated ε {c['fake_eps']:g} step {c['fake_step']:g} × {c['fake_steps_start']}+ (SPEC × {args.attack_scale:g}); "
+        f"generated ε {c['fake_eps']:g} step {c['fake_step']:g} × {c['fake_steps_start']}+ (SPEC × "
+        f"{args.attack_scale:g}); "
         f"init: {cfg['init']}\n\n"
     )
     (args.out_dir / "train_demo_summary.md").write_text(header + table + "\n")

@@ -52,7 +52,8 @@ def load_samples(path: str | os.PathLike, require_labels: bool = False, num_clas
         image_key = next((k for k in IMAGE_KEYS if k in keys), None)
         if image_key is None:
             raise CCFastError(
-                f"{path}: no image array; expected 'arr_0' (consistency-models samples) or 'images', found {sorted(keys)}"
+                f"{path}: no image array; expected 'arr_0' (consistency-models samples) or 'images', found "
+                f"{sorted(keys)}"
             )
         try:
             images = npz[image_key]

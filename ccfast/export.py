@@ -25,7 +25,8 @@ examples:
   # the step graph (fp32, dynamic batch), checked by ONNX Runtime against the PyTorch reference
   python -m ccfast.export --checkpoint joint.pt --onnx step.onnx --verify
   # half-precision network (head and step stay fp32) and a TensorRT plan with profiles for 1, 16, 256 images
-  python -m ccfast.export --checkpoint joint.pt --onnx step16.onnx --dtype fp16 --trt step16.plan --batch-buckets 1,16,256
+  python -m ccfast.export --checkpoint joint.pt --onnx step16.onnx --dtype fp16 --trt step16.plan \\
+      --batch-buckets 1,16,256
   # a plan from an existing graph, for TensorRT-RTX on an RTX 4090 (sm_89), built on any machine
   python -m ccfast.export --onnx step.onnx --trt step.plan --trt-runtime tensorrt_rtx --trt-compute-capability SM89
   # then refine with it
@@ -57,13 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--batch-buckets",
         default="1,16,256",
-        help="batch sizes with an optimisation profile each; larger batches are split, smaller ones padded (default 1,16,256)",
+        help="batch sizes with an optimisation profile each; larger batches are split, smaller ones padded "
+        "(default 1,16,256)",
     )
     t.add_argument(
         "--trt-runtime",
         default="auto",
         choices=("auto", "tensorrt", "tensorrt_rtx"),
-        help="full TensorRT (>= 10, any data-centre GPU) or TensorRT for RTX (sm 7.5-8.9, 12.x); auto prefers full TensorRT",
+        help="full TensorRT (>= 10, any data-centre GPU) or TensorRT for RTX (sm 7.5-8.9, 12.x); "
+        "auto prefers full TensorRT",
     )
     t.add_argument(
         "--trt-opt-level", type=int, default=3, help="builder optimisation level 0-5 (default 3; lower builds faster)"
@@ -129,7 +132,8 @@ def write_graph(args) -> Path:
     t0 = time.perf_counter()
     _say(
         args,
-        f"exporting the step graph of {info.arch} ({info.image_size[0]}×{info.image_size[1]}, {info.num_classes} classes, {args.dtype}) ...",
+        f"exporting the step graph of {info.arch} ({info.image_size[0]}×{info.image_size[1]}, {info.num_classes} "
+        f"classes, {args.dtype}) ...",
     )
     meta = export_step_graph(model, info.image_size, onnx_path, args.dtype,
                              {"arch": info.arch, "checkpoint": str(Path(args.checkpoint).resolve()),

@@ -128,7 +128,7 @@ class ImageNetResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers, strict=False)):
             stride = 1 if i == 0 else 2
             downsample = None
             if stride != 1 or self.inplanes != planes * 4:
@@ -242,7 +242,8 @@ def extract_state_dict(obj, where: str = "checkpoint") -> tuple[dict[str, torch.
                 break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CCFastError(
-            f"{where}: no state dict of tensors found (top-level keys: {list(obj)[:8] if isinstance(obj, dict) else type(obj)})"
+            f"{where}: no state dict of tensors found (top-level keys: "
+            f"{list(obj)[:8] if isinstance(obj, dict) else type(obj)})"
         )
     norm = {}
     out = {}

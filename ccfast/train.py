@@ -16,8 +16,17 @@ from dataclasses import fields
 from .cli import parse_optional_float, run_main
 from .devices import init_distributed, resolve_device, shutdown_distributed
 from .models import ARCHS
-from .training.config import (AMP_MODES, AUGMENTATIONS, BATCHNORM_MODES, MODE_DEFAULTS, MODES, OPTIMIZERS,
-                              REAL_ATTACKS, REALNESS_READINGS, TrainConfig)
+from .training.config import (
+    AMP_MODES,
+    AUGMENTATIONS,
+    BATCHNORM_MODES,
+    MODE_DEFAULTS,
+    MODES,
+    OPTIMIZERS,
+    REAL_ATTACKS,
+    REALNESS_READINGS,
+    TrainConfig,
+)
 from .validation import input_path, output_path
 
 PROG = "python -m ccfast.train"
@@ -36,7 +45,8 @@ the iteration (SPEC §3; model in eval mode while attacking, train mode for the 
   ℓ0 is still estimated on held-out real images and stored, so model.pt works with any refine preset.
 
 examples:
-  python -m ccfast.train --real imagenet64/ --fake cd_samples.npz --arch resnet50 --init robust_l2_eps3.pt --out runs/r50
+  python -m ccfast.train --real imagenet64/ --fake cd_samples.npz --arch resnet50 --init robust_l2_eps3.pt \\
+      --out runs/r50
   python -m ccfast.train --real cifar10/train_jpeg75_part0.npz --fake samples.npz --arch cifar_resnet20 \\
       --init resnet20-12fca82f.th --out runs/r20 --iters 2000 --lr 1e-4
   torchrun --nproc-per-node 8 -m ccfast.train --real imagenet64/ --fake s.npz --arch resnet50 --init r.pt --out runs/r50
@@ -216,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             if trainer is not None and ctx.is_main:
                 print(
-                    f"{PROG}: interrupted at iteration {trainer.iteration}; `{PROG} --out {cfg.out} --resume` continues "
+                    f"{PROG}: interrupted at iteration {trainer.iteration}; `{PROG} --out {cfg.out} --resume` "
+                    "continues "
                     f"from the last checkpoint (every {cfg.ckpt_every} iterations)",
                     file=sys.stderr,
                 )

@@ -263,7 +263,8 @@ def _run(kernel, tuned, grid_mn, k_red, blocks, args, **constexprs):
     blocks=None) or one fixed (BLOCK_M, BLOCK_N, BLOCK_K)."""
     M, N = grid_mn
     if blocks is None and tuned is not None:
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        def grid(meta):
+            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
         tuned[grid](
             *args, EVEN_K=k_red % 64 == 0, UPCAST=False, K_STATIC=0, **constexprs
         )  # every tuned BLOCK_K divides 64

@@ -13,7 +13,6 @@ import torch
 
 from ccfast.refine import Refiner
 from ccfast.refine.__main__ import main
-
 from factories import make_samples, make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,6 @@ from ccfast.refine import ENGINES, Refiner
 from ccfast.refine.base import ResolvedScalars
 from ccfast.refine.options import Option, flag, integer, parse_options
 from ccfast.refine.torch_engine import TorchEngine
-
 from factories import make_samples, tiny_eval_model
 
 # Per engine: its module's import requirement, then an option of each kind the test feeds a bad value to.

@@ -8,7 +8,6 @@ from ccfast.checkpoint import load_checkpoint, read_checkpoint
 from ccfast.convert import main as convert_main
 from ccfast.errors import CCFastError
 from ccfast.models import ARCHS, build_backbone, build_model, extract_state_dict, load_backbone_weights
-
 from conftest import SHARED_DATA
 
 

@@ -21,13 +21,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # benchmarks/ is not an installed package
 
 from benchmarks.quality.act import ACTConfig  # noqa: E402
-from benchmarks.quality.consistency import (ConsistencyModel, ICTConfig, NoiseSchedule, ict_num_scales,  # noqa: E402
-                                            karras_sigmas, lognormal_index_probs, pseudo_huber)
+from benchmarks.quality.consistency import (  # noqa: E402
+    ConsistencyModel,
+    ICTConfig,
+    NoiseSchedule,
+    ict_num_scales,
+    karras_sigmas,
+    lognormal_index_probs,
+    pseudo_huber,
+)
 from benchmarks.quality.sample import generate  # noqa: E402
 from benchmarks.quality.stages import Stage, StagePaused, StageRunner  # noqa: E402
 from benchmarks.quality.trainer import GENERATOR_FILE, STATE_FILE, GeneratorRun, train_generator  # noqa: E402
 from benchmarks.quality.unet import UNetConfig  # noqa: E402
-
 from conftest import SHARED_DATA  # noqa: E402
 
 TINY_UNET = UNetConfig(channels=16, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), head_channels=16)
@@ -221,9 +227,8 @@ def test_downstream_config_holds_upstream_hashes(tmp_path):
 
 
 def test_classifier_flags_are_what_ccfast_train_accepts():
-    from ccfast.train import build_parser, config_from_args
-
     from benchmarks.quality.suite_config import joint_flags, robust_flags
+    from ccfast.train import build_parser, config_from_args
 
     def parse(flags, fake=("--fake", "f.npz")):
         args = build_parser().parse_args(["--real", "r.npz", *fake, "--out", "o", *flags])

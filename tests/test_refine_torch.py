@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from ccfast import Refiner, RefineConfig
+from ccfast import RefineConfig, Refiner
 from ccfast.checkpoint import load_checkpoint
 from ccfast.data import uint8_to_float
 from ccfast.errors import CCFastError
 from ccfast.objectives import HeadParams, objective_ref
 from ccfast.pgd import per_example_l2_norm
-
 from factories import make_samples, make_tiny_checkpoint, median_realness
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from factories import make_samples, make_tiny_checkpoint
 
 from ccfast.convert import main as convert_main
 from ccfast.evaluate import main as evaluate_main
@@ -24,6 +23,7 @@ from ccfast.export import main as export_main
 from ccfast.refine.__main__ import main as refine_main
 from ccfast.train import main as train_main
 from ccfast.viz import main as viz_main
+from factories import make_samples, make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MAINS = {"refine": refine_main, "train": train_main, "convert": convert_main, "export": export_main,

@@ -13,8 +13,8 @@ from ccfast.objectives import loss_fake_ref, loss_real_ref, realness_score_ref
 from ccfast.pgd import pgd_l2
 from ccfast.training.attacks import attack_fake, attack_pair, attack_real, paired_keep_going, random_start
 from ccfast.training.config import TrainConfig
-
-from factories import random_batch, tiny_eval_model as _tiny_eval_model
+from factories import random_batch
+from factories import tiny_eval_model as _tiny_eval_model
 
 ATOL = 1e-6  # same ops in the same order on CPU; a hair of slack for BLAS scheduling
 

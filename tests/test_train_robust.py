@@ -23,8 +23,8 @@ from ccfast.train import build_parser, config_from_args, main
 from ccfast.training.attacks import attack_real, random_start
 from ccfast.training.config import MODE_DEFAULTS, TrainConfig
 from ccfast.training.loop import GENERATED_EVAL_KEYS, GENERATED_METRIC_KEYS, METRIC_KEYS, Trainer
-
-from factories import random_batch, tiny_eval_model as _tiny_eval_model
+from factories import random_batch
+from factories import tiny_eval_model as _tiny_eval_model
 
 ATOL = 1e-6  # attack: same ops in the same order as the reference loop on CPU
 FAST = ["--arch", "tiny", "--batch-size", "4", "--real-steps", "2", "--lr", "1e-3", "--log-every", "1", "--quiet",

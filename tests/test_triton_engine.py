@@ -19,17 +19,15 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton` of the kernels
 pytest.importorskip("triton", reason="the triton engine needs `pip install 'ccfast[triton]'`")
 
-from ccfast.kernels.pgd_step import interpreted
-
-from ccfast.config import RefineConfig
-from ccfast.errors import CCFastError
-from ccfast.models import build_model
-from ccfast.objectives import HeadParams, objective_ref
-from ccfast.refine.base import ResolvedScalars
-from ccfast.refine.torch_engine import TorchEngine
-from ccfast.refine.triton_engine import TritonEngine
-
-from factories import randomize_batchnorm
+from ccfast.config import RefineConfig  # noqa: E402
+from ccfast.errors import CCFastError  # noqa: E402
+from ccfast.kernels.pgd_step import interpreted  # noqa: E402
+from ccfast.models import build_model  # noqa: E402
+from ccfast.objectives import HeadParams, objective_ref  # noqa: E402
+from ccfast.refine.base import ResolvedScalars  # noqa: E402
+from ccfast.refine.torch_engine import TorchEngine  # noqa: E402
+from ccfast.refine.triton_engine import TritonEngine  # noqa: E402
+from factories import randomize_batchnorm  # noqa: E402
 
 needs_gpu = pytest.mark.skipif(
     not CUDA, reason="CUDA graphs and the compiled engine need a CUDA GPU (the loop logic is tested on CPU)"
@@ -151,9 +149,8 @@ def test_batch_smaller_than_min_bucket_and_reuse(fp32_exact):
 
 def test_refiner_runs_the_triton_engine(tiny_ckpt, fp32_exact):
     """Through the public API, with engine options as the CLI passes them (strings)."""
-    from factories import make_samples
-
     import ccfast
+    from factories import make_samples
 
     images, labels = make_samples(n=6)
     config = RefineConfig(steps=3, alpha=0.2, tau=1.0, ell0=1.0)

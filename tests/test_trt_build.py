@@ -15,10 +15,9 @@ import torch
 
 pytest.importorskip("onnx", reason="onnx not installed (pip install 'ccfast[onnx]')")
 
-from export_cases import ARCH_CASES, checkpoint, graph  # noqa: E402
-
 from ccfast.errors import CCFastError  # noqa: E402
 from ccfast.onnx_export.tensorrt_build import check_plan, import_tensorrt  # noqa: E402
+from export_cases import ARCH_CASES, checkpoint, graph  # noqa: E402
 
 
 def _tensorrt_or_skip():
@@ -58,10 +57,9 @@ def test_every_graph_parses_and_builds_a_plan(arch, dtype, tmp_path):
 def test_alternative_graph_layouts_parse_and_build(tmp_path):
     """The measured alternatives of `GraphLayout` (padded first convolution, interleave max-pool scatter) stay
     TensorRT-parsable too, in fp16 and fp32."""
-    from export_cases import loaded
-
     from ccfast.onnx_export.build import GraphLayout, export_step_graph
     from ccfast.onnx_export.tensorrt_build import build_plan
+    from export_cases import loaded
 
     _tensorrt_or_skip()
     model, info = loaded("tiny")
@@ -157,13 +155,12 @@ def test_trt_engine_explains_why_it_cannot_run_here():
 
 @pytest.mark.gpu
 def test_trt_engine_matches_torch_engine(tmp_path):
-    from export_cases import ReluMargins, assert_matches, batch
-    from test_ort_engine import realness_split
-
     from ccfast.config import RefineConfig
     from ccfast.onnx_export.tensorrt_build import build_plan
     from ccfast.refine import Refiner
     from ccfast.refine.trt_engine import TrtEngine
+    from export_cases import ReluMargins, assert_matches, batch
+    from test_ort_engine import realness_split
 
     status = TrtEngine.availability()
     if status != "ok":

@@ -22,7 +22,6 @@ from ccfast.io_utils import write_json_atomic
 
 from .stages import REPO_ROOT, StagePaused
 
-
 # Set by the orchestrator: CPU threads for the child processes in smoke mode (None: their default), and its
 # deadline (a time.monotonic() value), at which a running child is stopped; its CLI resumes on the next call.
 CHILD_THREADS: int | None = None

@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                     dest += src.name
                 m = pack_item(src, dest, args.out, int(args.part_mb * 1e6))
                 print(
-                    f"{src} -> {', '.join(m['parts'])}: {m['original_bytes'] / 1e6:.1f} -> {m['packed_bytes'] / 1e6:.1f} MB"
+                    f"{src} -> {', '.join(m['parts'])}: {m['original_bytes'] / 1e6:.1f} -> "
+                    f"{m['packed_bytes'] / 1e6:.1f} MB"
                 )
             return 0
         ready, waiting = unpack_dir(args.stage, args.out)

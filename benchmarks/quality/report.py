@@ -99,7 +99,8 @@ class RunData:
         env = (self.record(stage) or {}).get("env", {})
         if not env:
             return ""
-        return f"torch {env.get('torch')}, CUDA {env.get('cuda')}, ccfast {env.get('ccfast')}, commit {env.get('git', '?')[:12]}"
+        return (f"torch {env.get('torch')}, CUDA {env.get('cuda')}, ccfast {env.get('ccfast')}, "
+                f"commit {env.get('git', '?')[:12]}")
 
 
 def _fmt(value, digits=2) -> str:
@@ -360,7 +361,8 @@ def budget_findings(points: list[dict], cfg, calibration: dict | None) -> list[s
         lines.append(
             f"α = c·ε/T uses c = {calibration['alpha_scale']:g}, chosen on {calibration['calibration_samples']} "
             f"samples (lowest mean FID over T = {', '.join(str(t) for t in cfg.calibrate_budgets)} among c = "
-            f"{', '.join(f'{c:g}' for c in cfg.alpha_scales)}) and reported here on {cfg.generator_label} {cfg.budget_steps}-step "
+            f"{', '.join(f'{c:g}' for c in cfg.alpha_scales)}) and reported here on {cfg.generator_label} "
+            f"{cfg.budget_steps}-step "
             + (
                 "samples, which played no part in choosing it."
                 if cfg.budget_steps != cfg.calibrate_steps
@@ -459,7 +461,8 @@ def why_joint_loses(run: RunData, rows: list[dict], cfg) -> list[str]:
         summ = meta["summary"]
         if summ["unchanged_fraction"] > 0.3:
             reasons.append(
-                f"{cfg.generator_label} {s}-step: {100 * summ['unchanged_fraction']:.0f}% of the samples were already at "
+                f"{cfg.generator_label} {s}-step: {100 * summ['unchanged_fraction']:.0f}% of the samples were "
+                "already at "
                 f"ℓ_fake ≥ τ = ℓ0 and were left untouched by the early-stop rule"
             )
         if summ["mean_steps"] < big["grad_steps_per_image"]:
@@ -522,7 +525,8 @@ def markdown(run: RunData, cfg, rows, points, engines, minutes, calibration) -> 
         "each other.")
     out += [
         intro
-        + f" {cfg.generator_label} rows: mean ± sample std over {cfg.n_seeds} seed(s) of sampling and refinement (generators "
+        + f" {cfg.generator_label} rows: mean ± sample std over {cfg.n_seeds} seed(s) of sampling and refinement "
+          "(generators "
         "and classifiers trained once); a difference is said to exceed the spread when it is more than "
         f"{SPREAD_FACTOR:g}× the larger std. ΔFID is relative to the unrefined samples of the same step count.",
         "",
@@ -577,7 +581,8 @@ def markdown(run: RunData, cfg, rows, points, engines, minutes, calibration) -> 
     if why:
         out += (
             [
-                "**Why the joint model may not beat BIGROC here** (checked against this run's records; the committer adds "
+                "**Why the joint model may not beat BIGROC here** (checked against this run's records; the committer "
+                "adds "
                 "anything else they know):",
                 "",
             ]

@@ -44,11 +44,9 @@ from ccfast.errors import CCFastError  # noqa: E402
 from ccfast.io_utils import write_json_atomic  # noqa: E402
 
 from . import external, realdata, stages  # noqa: E402
+from .plan import SCALED, RefineJob, generator_of, minutes_generator, raw_samples, refine_plan, sample_name  # noqa: E402
 from .stages import REPO_ROOT, Stage, StagePaused, StageRunner  # noqa: E402
-from .plan import (SCALED, RefineJob, generator_of, minutes_generator, raw_samples, refine_plan,  # noqa: E402
-                   sample_name)
-from .suite_config import (ClassifierPlan, SuiteConfig, default_config, joint_flags, robust_flags,  # noqa: E402
-                           smoke_config)
+from .suite_config import ClassifierPlan, SuiteConfig, default_config, joint_flags, robust_flags, smoke_config  # noqa: E402
 
 PROG = "python -m benchmarks.quality.run"
 STAGE_GROUPS = ("data", "gen_ct", "samples_ct", "gen_act", "samples_act", "clf_robust", "clf_joint", "refine", "eval",
@@ -98,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--clf-arch",
         choices=sorted(realdata.PRETRAINED_FILES),
         help="both classifiers' backbone, "
-        "initialised from shared/data/models (default cifar_resnet20; resnet56 has 2.8x the layers, expect it that much slower)",
+        "initialised from shared/data/models (default cifar_resnet20; resnet56 has 2.8x the layers, expect it that "
+        "much slower)",
     )
     b.add_argument("--n-eval", type=int, help="samples per evaluated file (default 10000)")
     e = p.add_argument_group("evaluation")

@@ -25,10 +25,16 @@ from ccfast.config_json import JsonConfig
 from ccfast.errors import CCFastError
 from ccfast.io_utils import atomic_path
 
-from .act import (ACTConfig, Discriminator, act_generator_objective, discriminator_loss, generator_adv_loss,
-                  r1_penalty)
-from .consistency import (ConsistencyModel, ICTConfig, NoiseSchedule, ema_decay, ict_loss, ict_num_scales,
-                          images_to_model_space)
+from .act import ACTConfig, Discriminator, act_generator_objective, discriminator_loss, generator_adv_loss, r1_penalty
+from .consistency import (
+    ConsistencyModel,
+    ICTConfig,
+    NoiseSchedule,
+    ema_decay,
+    ict_loss,
+    ict_num_scales,
+    images_to_model_space,
+)
 from .stages import StagePaused
 from .unet import UNetConfig, count_parameters
 
@@ -221,7 +227,7 @@ def train_generator(run: GeneratorRun, images: np.ndarray, labels: np.ndarray, o
         with torch.no_grad():
             beta = ema_decay(k, total_iters or run.iters or 1000, run.ict.ema_halflife_frac)
             torch._foreach_lerp_(list(ema.net.parameters()), list(model.net.parameters()), 1.0 - beta)
-            for b_ema, b in zip(ema.net.buffers(), model.net.buffers()):
+            for b_ema, b in zip(ema.net.buffers(), model.net.buffers(), strict=False):
                 b_ema.copy_(b)
 
         if disc is not None:

@@ -11,8 +11,18 @@ import torch.nn as nn
 
 from ..errors import CCFastError
 from ..models import Bottleneck, CifarBasicBlock, CifarResNet, ImageNetResNet, LambdaShortcut, TinyNet
-from .layers import (ConvBN, GlobalAvgPoolFlatten, Identity, Layer, Linear, MaxPool, ReLU, Residual, Sequential,
-                     SubsamplePadShortcut)
+from .layers import (
+    ConvBN,
+    GlobalAvgPoolFlatten,
+    Identity,
+    Layer,
+    Linear,
+    MaxPool,
+    ReLU,
+    Residual,
+    Sequential,
+    SubsamplePadShortcut,
+)
 
 SUPPORTED = {TinyNet: "tiny", CifarResNet: "cifar_resnet20..110", ImageNetResNet: "resnet50, wide_resnet50_2"}
 

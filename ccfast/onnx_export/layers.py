@@ -100,7 +100,8 @@ class ConvBN(Layer):
             raise TypeError(f"{where}: expected Conv2d, got {type(conv).__name__}")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(
-                f"{where}: only explicit zero padding is exported (got padding={conv.padding!r}, mode={conv.padding_mode})"
+                f"{where}: only explicit zero padding is exported (got padding={conv.padding!r}, "
+                f"mode={conv.padding_mode})"
             )
         w = conv.weight.detach().double().cpu()
         b = conv.bias.detach().double().cpu() if conv.bias is not None else w.new_zeros(w.shape[0])

@@ -59,7 +59,7 @@ def import_tensorrt(runtime: str | None = None):
 def rtx_compute_capabilities(trt) -> list[tuple[int, int]]:
     """Compute capabilities a TensorRT-RTX build can target, read from its `ComputeCapability` enum."""
     out = []
-    for name in getattr(trt, "ComputeCapability").__members__:
+    for name in trt.ComputeCapability.__members__:
         if name.startswith("SM") and name[2:].isdigit():
             digits = name[2:]
             out.append((int(digits[:-1]), int(digits[-1])))
@@ -150,7 +150,8 @@ def build_plan(onnx_path, plan_path, batch_buckets, *, runtime: str | None = Non
     if compute_capabilities:
         if not hasattr(config, "set_compute_capability"):
             raise CCFastError(
-                f"{name} {trt.__version__} builds for the GPU it runs on; --trt-compute-capability is a TensorRT-RTX option"
+                f"{name} {trt.__version__} builds for the GPU it runs on; --trt-compute-capability is a TensorRT-RTX "
+                "option"
             )
         config.num_compute_capabilities = len(compute_capabilities)
         for i, cc in enumerate(compute_capabilities):

@@ -48,7 +48,8 @@ ENGINES: dict[str, EngineSpec] = {
         "ccfast.refine.trt_engine",
         "TrtEngine",
         "TensorRT >= 10 (`pip install 'ccfast[trt]'`; Hopper and data-centre GPUs) or TensorRT for RTX "
-        "(`pip install 'ccfast[trt-rtx]'`; compute capability 8.x/12.x), and a plan built by `python -m ccfast.export --trt`",
+        "(`pip install 'ccfast[trt-rtx]'`; compute capability 8.x/12.x), and a plan built by `python -m "
+        "ccfast.export --trt`",
     ),
 }
 

@@ -294,7 +294,8 @@ def _merge(partial, out, n_chunks, samples, args, config, refiner, manifest, tim
     shutil.rmtree(partial)
     print(
         f"wrote {out} ({summary['n']} images; mean steps {summary['mean_steps']:.2f}; "
-        f"early-stopped {100 * summary['stopped_fraction']:.1f}%; untouched {100 * summary['unchanged_fraction']:.1f}%; "
+        f"early-stopped {100 * summary['stopped_fraction']:.1f}%; untouched "
+        f"{100 * summary['unchanged_fraction']:.1f}%; "
         f"mean ℓ_fake {summary['mean_realness_init']:.4f} -> {summary['mean_realness_final']:.4f})",
         file=sys.stderr,
     )

@@ -81,8 +81,10 @@ class TrtEngine(Engine):
         supported = _supported_ccs(trt, name)
         if supported is not None and cc not in supported:
             return (
-                f"{name} {trt.__version__} does not run on this GPU ({torch.cuda.get_device_name()}, compute capability "
-                f"{cc[0]}.{cc[1]}; it supports {', '.join(f'{a}.{b}' for a, b in supported)}): install full TensorRT >= 10"
+                f"{name} {trt.__version__} does not run on this GPU ({torch.cuda.get_device_name()}, compute "
+                "capability "
+                f"{cc[0]}.{cc[1]}; it supports {', '.join(f'{a}.{b}' for a, b in supported)}): install full TensorRT "
+                ">= 10"
             )
         return "ok"
 
@@ -232,7 +234,8 @@ class TrtEngine(Engine):
         self._ensure_plan(image_hw)
         if image_hw != self.image_hw:
             raise CCFastError(
-                f"{self.plan_path} was built for {self.image_hw[0]}×{self.image_hw[1]} images, got {image_hw[0]}×{image_hw[1]}"
+                f"{self.plan_path} was built for {self.image_hw[0]}×{self.image_hw[1]} images, got "
+                f"{image_hw[0]}×{image_hw[1]}"
             )
         x0 = x0.to(self.device, torch.float32)
         labels = labels.to(self.device)

@@ -37,12 +37,32 @@ from ..objectives import loss_fake_ref, realness_score_ref
 from ..validation import json_safe
 from .attacks import attack_pair, attack_real, random_start
 from .config import TrainConfig
-from .datasets import (BatchStream, LabelledImages, augment, crop_pad, draw_augmentation, load_labelled, rank_slice,
-                       split_holdout, to_device_float)
+from .datasets import (
+    BatchStream,
+    LabelledImages,
+    augment,
+    crop_pad,
+    draw_augmentation,
+    load_labelled,
+    rank_slice,
+    split_holdout,
+    to_device_float,
+)
 from .losses import TERM_NAMES, LossWeights, joint_loss
 from .model_init import build_initial_model
-from .state import (METRICS_FILE, MODEL_FILE, STATE_FILE, check_data_matches, check_resume_matches, clear_run_dir,
-                    load_training_state, read_run_record, save_training_state, truncate_metrics, write_run_record)
+from .state import (
+    METRICS_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    check_data_matches,
+    check_resume_matches,
+    clear_run_dir,
+    load_training_state,
+    read_run_record,
+    save_training_state,
+    truncate_metrics,
+    write_run_record,
+)
 
 # Averages logged per window. All are per-example means over the global batch; loss terms and the per-iteration
 # scalars (lr, grad_norm, budget) are weighted by batch size, which leaves them unchanged.
@@ -133,8 +153,10 @@ class Trainer:
                 raise CCFastError(f"{exc}{hint}") from None
             if images.image_size != self.real.image_size:
                 raise CCFastError(
-                    f"{role} images ({', '.join(images.sources)}) are {images.image_size[0]}×{images.image_size[1]} but the "
-                    f"real images are {self.real.image_size[0]}×{self.real.image_size[1]}; real and generated images must "
+                    f"{role} images ({', '.join(images.sources)}) are {images.image_size[0]}×{images.image_size[1]} "
+                    "but the "
+                    f"real images are {self.real.image_size[0]}×{self.real.image_size[1]}; real and generated images "
+                    "must "
                     "have one size"
                 )
         self.image_size = self.real.image_size
@@ -506,7 +528,8 @@ class Trainer:
 
 
 def _plain_copy(net: torch.nn.Module, cfg: TrainConfig, num_classes: int, arch_kwargs: dict):
-    """A JointModel with plain BatchNorm holding `net`'s weights (SyncBatchNorm and channels_last are training details)."""
+    """A JointModel with plain BatchNorm holding `net`'s weights (SyncBatchNorm and channels_last are training
+    details)."""
     from ..models import build_model
 
     plain = build_model(cfg.arch, num_classes, **arch_kwargs)

@@ -11,8 +11,15 @@ import torch
 
 from ..checkpoint import FORMAT, read_checkpoint
 from ..errors import CCFastError
-from ..models import (HEAD_PREFIX, IMAGENET_MEAN, IMAGENET_STD, JointModel, build_model, load_backbone_weights,
-                      load_weights_file)
+from ..models import (
+    HEAD_PREFIX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    JointModel,
+    build_model,
+    load_backbone_weights,
+    load_weights_file,
+)
 
 
 @dataclass

@@ -52,7 +52,8 @@ def check_resume_matches(saved: TrainConfig, given: TrainConfig, run_dir) -> Non
         lines = "; ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
         raise CCFastError(
             f"{run_dir} was started with another configuration ({lines}). Resume with the original arguments "
-            f"(only {', '.join(sorted(RUN_CONTROL_FIELDS - {'out'}))} may change), or start a new run with another --out"
+            f"(only {', '.join(sorted(RUN_CONTROL_FIELDS - {'out'}))} may change), or start a new run with another "
+            "--out"
         )
 
 
