@@ -140,7 +140,8 @@ def bench_shape(shape, B, device, dtype, recipes, rounds):
     e = torch.tensor([], dtype=dtype).element_size()
     M, K, N, hw = B * shape.hw * shape.hw, shape.cin, shape.cout, shape.hw
     res = shape.role == "conv3"
-    words = lambda c: 4 * -(-c // 32)
+    def words(c):
+        return 4 * -(-c // 32)
     g = torch.Generator(device="cpu").manual_seed(M + K + N)
     w = (torch.randn(N, K, 1, 1, generator=g) / K**0.5).to(device, dtype)
     b = torch.randn(N, generator=g).to(device, dtype)
@@ -179,23 +180,33 @@ def bench_shape(shape, B, device, dtype, recipes, rounds):
     rs = [_cl(torch.randn(B, K, hw, hw, generator=g).to(device, dtype)) if gate else None for _ in range(n_sets)]
     yos_all = [_cl(torch.relu(torch.randn(B, K, hw, hw, generator=g)).to(device, dtype)) for _ in range(n_sets)]
     yos = [yo if gate else None for yo in yos_all]
-    as_rows = lambda t: t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    def as_rows(t):
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
     masks = [pack_relu_mask(as_rows(y) > 0) for y in ys]
     in_masks = [pack_relu_mask(as_rows(yo) > 0) for yo in yos_all]  # ReLU of this convolution's input
     rmasks = [m if gate else None for m in in_masks]
-    dzs = [torch.where(y > 0, dy, 0) for y, dy in zip(ys, dys)]  # dy as the epilogue placement receives it
+    dzs = [
+        torch.where(y > 0, dy, 0) for y, dy in zip(ys, dys, strict=False)
+    ]  # dy as the epilogue placement receives it
 
     conv_b, mm_b = recipes["conv_bwd"], recipes["mm_bwd"]
     impls = {
-        "fused conv1x1_dgrad": ([lambda i=i: conv1x1_dgrad(dys[i], masks[i], w, rs[i], rmasks[i])
-                                 for i in range(n_sets)], base + M * words(N) + (M * words(K) if gate else 0)),
+        "fused conv1x1_dgrad": (
+            [lambda i=i: conv1x1_dgrad(dys[i], masks[i], w, rs[i], rmasks[i]) for i in range(n_sets)],
+            base + M * words(N) + (M * words(K) if gate else 0),
+        ),
         "fused conv1x1_dgrad, mask in epilogue": (
             [lambda i=i: conv1x1_dgrad(dzs[i], None, w, rs[i], None, out_mask=in_masks[i]) for i in range(n_sets)],
-            base + M * words(K)),
-        "compile relu-bwd+conv-dgrad": ([lambda i=i: conv_b(dys[i], ys[i], w, rs[i], yos[i], xs[0]) for i in range(n_sets)],
-                                        base + e * M * N + (e * M * K if gate else 0)),
-        "compile relu-bwd+matmul": ([lambda i=i: mm_b(dys[i], ys[i], w, rs[i], yos[i], xs[0]) for i in range(n_sets)],
-                                    base + e * M * N + (e * M * K if gate else 0)),
+            base + M * words(K),
+        ),
+        "compile relu-bwd+conv-dgrad": (
+            [lambda i=i: conv_b(dys[i], ys[i], w, rs[i], yos[i], xs[0]) for i in range(n_sets)],
+            base + e * M * N + (e * M * K if gate else 0),
+        ),
+        "compile relu-bwd+matmul": (
+            [lambda i=i: mm_b(dys[i], ys[i], w, rs[i], yos[i], xs[0]) for i in range(n_sets)],
+            base + e * M * N + (e * M * K if gate else 0),
+        ),
     }
     dx_f = conv1x1_dgrad(dys[0], masks[0], w, rs[0], rmasks[0])
     dx_c = conv_b(dys[0], ys[0], w, rs[0], yos[0], xs[0])

@@ -30,10 +30,9 @@ pytest.importorskip("pytest_benchmark")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ccfast.io_utils import write_text_atomic
 from ccfast.kernels.objective_head import objective_head, objective_head_ref
 from ccfast.kernels.pgd_step import pgd_step, pgd_step_ref
-
-from ccfast.io_utils import write_text_atomic
 from ccfast.objectives import HeadParams
 
 REPEAT = 20
@@ -46,8 +45,16 @@ def _record(benchmark, kernel, impl, case, nbytes, captured):
     median = benchmark.stats.stats.median / REPEAT
     gbps = nbytes / median / 1e9
     benchmark.extra_info.update(GBps=round(gbps, 1), us_per_call=round(median * 1e6, 2))
-    RESULTS.append({"kernel": kernel, "impl": impl, "case": case, "bytes": nbytes, "us_per_call": round(median * 1e6, 2),
-                        "GBps": round(gbps, 1)})
+    RESULTS.append(
+        {
+            "kernel": kernel,
+            "impl": impl,
+            "case": case,
+            "bytes": nbytes,
+            "us_per_call": round(median * 1e6, 2),
+            "GBps": round(gbps, 1),
+        }
+    )
 
 
 def _timed(fn):
@@ -92,7 +99,9 @@ def write_results():
               f"{REPEAT} launches per CUDA-graph replay, median of pytest-benchmark rounds\n"),
              "| kernel | impl | case | MB moved | µs per call | GB/s |", "|---|---|---|---|---|---|"]
     for r in RESULTS:
-        lines.append(f"| {r['kernel']} | {r['impl']} | {r['case']} | {r['bytes'] / 1e6:.2f} | {r['us_per_call']} | {r['GBps']} |")
+        lines.append(
+            f"| {r['kernel']} | {r['impl']} | {r['case']} | {r['bytes'] / 1e6:.2f} | {r['us_per_call']} | {r['GBps']} |"
+        )
     write_text_atomic(Path(out) / "bench_kernels.md", "\n".join(lines) + "\n")
 
 
@@ -110,7 +119,9 @@ def test_objective_head(benchmark, impl, B, C, dtype):
         (lambda: objective_head_ref(logits, labels, active, params, 3.0))
     run, captured = _timed(fn)
     benchmark.pedantic(run, rounds=20, warmup_rounds=2)
-    _record(benchmark, "objective_head", impl, f"B={B} C={C} {dtype}", 2 * B * C * logits.element_size() + 17 * B, captured)
+    _record(
+        benchmark, "objective_head", impl, f"B={B} C={C} {dtype}", 2 * B * C * logits.element_size() + 17 * B, captured
+    )
 
 
 PGD_CASES = [(256, 64, "fp32", False), (256, 64, "fp32", True), (256, 64, "bf16", True), (1, 64, "fp32", True),
@@ -122,12 +133,19 @@ PGD_CASES = [(256, 64, "fp32", False), (256, 64, "fp32", True), (256, 64, "bf16"
                          ids=[f"B{b}-{h}x{h}-{d}-{'nhwc' if cl else 'nchw'}" for b, h, d, cl in PGD_CASES])
 def test_pgd_step(benchmark, impl, B, hw, dtype, channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    make = lambda: torch.rand(B, 3, hw, hw, device="cuda").to(DTYPES[dtype]).contiguous(memory_format=fmt)
+    def make():
+        return torch.rand(B, 3, hw, hw, device="cuda").to(DTYPES[dtype]).contiguous(memory_format=fmt)
     x, g, x0 = make(), make(), make()
     active = torch.ones(B, dtype=torch.bool, device="cuda")
     fn = (lambda: pgd_step(x, g, x0, active, 0.1, 1.5)) if impl == "kernel" else \
         (lambda: pgd_step_ref(x, g, x0, active, 0.1, 1.5))
     run, captured = _timed(fn)
     benchmark.pedantic(run, rounds=20, warmup_rounds=2)
-    _record(benchmark, "pgd_step", impl, f"B={B} {hw}x{hw} {dtype} {'channels_last' if channels_last else 'contiguous'}",
-            4 * x.numel() * x.element_size(), captured)
+    _record(
+        benchmark,
+        "pgd_step",
+        impl,
+        f"B={B} {hw}x{hw} {dtype} {'channels_last' if channels_last else 'contiguous'}",
+        4 * x.numel() * x.element_size(),
+        captured,
+    )

@@ -52,8 +52,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import (MIB, InputPool, MemoryMeter, Report, capture, parse_engine_options,  # noqa: E402
-                                parse_int_list, parse_variants, run_metadata, sync, time_calls)
+from benchmarks.harness import (  # noqa: E402
+    MIB,
+    InputPool,
+    MemoryMeter,
+    Report,
+    capture,
+    parse_engine_options,
+    parse_int_list,
+    parse_variants,
+    run_metadata,
+    sync,
+    time_calls,
+)
 from ccfast.bn_fold import fold_batchnorm  # noqa: E402
 from ccfast.config import RefineConfig  # noqa: E402
 from ccfast.errors import CCFastError  # noqa: E402

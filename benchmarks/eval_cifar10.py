@@ -54,7 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--train-shards", type=int, nargs="+", default=[0, 1, 2, 3],
                    help="which train_jpeg75_part{i}.npz to use (default all 4 = 50,000 images)")
     p.add_argument("--limit", type=int, help="use only the first N images of each file (a quick or CPU subset run)")
-    p.add_argument("--jpeg-control", action="store_true", help="also score JPEG-q75 re-encoded test images (needs Pillow)")
+    p.add_argument(
+        "--jpeg-control", action="store_true", help="also score JPEG-q75 re-encoded test images (needs Pillow)"
+    )
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -140,8 +142,15 @@ def main(argv=None) -> int:
     rows = []
     halves = np.random.default_rng(0).permutation(len(test_images))
     half_a, half_b = np.sort(halves[: len(halves) // 2]), np.sort(halves[len(halves) // 2:])
-    rows.append(compare(f"test-half-A ({n_half}) vs test-half-B ({n_test - n_half})", test_pool[half_a], test_pool[half_b],
-                        None if test_logits is None else test_logits[half_b], str(device)))
+    rows.append(
+        compare(
+            f"test-half-A ({n_half}) vs test-half-B ({n_test - n_half})",
+            test_pool[half_a],
+            test_pool[half_b],
+            None if test_logits is None else test_logits[half_b],
+            str(device),
+        )
+    )
     print(f"  {rows[-1]['comparison']}: FID {rows[-1]['fid']:.3f}", flush=True)
 
     train_pools = []
@@ -185,9 +194,18 @@ def main(argv=None) -> int:
              f"batch {args.batch_size}")
     report = "\n".join([*lines, "", setup, "feature extraction:", *timing, f"total wall time: {total:.1f} s"])
     print(report)
-    result = {"limit": args.limit, "rows": rows, "timings": store.timings, "total_seconds": round(total, 2), "device": str(device),
-              "device_name": device_name, "torch": torch.__version__, "batch_size": args.batch_size,
-              "network": network.describe(), "train_shards": args.train_shards}
+    result = {
+        "limit": args.limit,
+        "rows": rows,
+        "timings": store.timings,
+        "total_seconds": round(total, 2),
+        "device": str(device),
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "batch_size": args.batch_size,
+        "network": network.describe(),
+        "train_shards": args.train_shards,
+    }
     write_json_atomic(args.out_dir / "cifar10_eval.json", result)
     write_text_atomic(args.out_dir / "cifar10_eval.md", report + "\n")
     return 0

@@ -370,7 +370,7 @@ class Report:
         """Fixed-width table of the `short` columns: what the console shows last."""
         cells = [[str(c) for c in self.short]] + [[_cell(r[k]) for k in self.short] for r in self.rows]
         widths = [max(len(row[i]) for row in cells) for i in range(len(self.short))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells)
 
     def write(self) -> None:
         self.compute_ratios()

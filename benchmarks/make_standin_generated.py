@@ -23,7 +23,8 @@ STANDIN_NOTE = "stand-in generated images: degraded real images (blur + colour c
 
 
 def degrade(images: np.ndarray, seed: int = 0, strength: float = 1.0, batch: int = 1024) -> np.ndarray:
-    """uint8 NHWC -> uint8 NHWC: blur (σ = 1.0·strength px), colour gain ±20% and offset ±0.08 per channel, noise σ = 0.06.
+    """uint8 NHWC -> uint8 NHWC: blur (σ = 1.0·strength px), colour gain ±20% and offset ±0.08 per channel,
+    noise σ = 0.06.
 
     Quantised by truncation, as the consistency-models sampler does (`.to(uint8)` after scaling)."""
     g = torch.Generator().manual_seed(seed)

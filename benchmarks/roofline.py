@@ -203,11 +203,11 @@ def parse_ncu_csv(text: str) -> dict:
 def build_engine(arch: str, size: int, batch: int, steps: int, device, options: dict):
     """(engine, bucket) after the first refine_batch at this batch (compiled, captured when graphs are on)."""
     from benchmarks.bench_refine import ALPHA, EPS, make_model
+    from benchmarks.harness import make_inputs
     from ccfast.config import RefineConfig
     from ccfast.objectives import HeadParams
     from ccfast.refine.base import ResolvedScalars
     from ccfast.refine.triton_engine import TritonEngine
-    from benchmarks.harness import make_inputs
 
     model = make_model(arch, size, 1000, device)
     cfg = RefineConfig(steps=steps, alpha=ALPHA, eps=EPS, early_stop="none")

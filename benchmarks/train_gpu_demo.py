@@ -42,16 +42,26 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", type=Path, required=True,
                    help="folder holding a train_jpeg75_part*.npz shard and resnet20-12fca82f.th")
     p.add_argument("--out-dir", type=Path, required=True, help="run directory, curves and summary go here")
-    p.add_argument("--work-dir", type=Path, default=None, help="where the split .npz files go (default: a temporary folder)")
+    p.add_argument(
+        "--work-dir", type=Path, default=None, help="where the split .npz files go (default: a temporary folder)"
+    )
     p.add_argument("--iters", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-4,
-                   help="default 3e-4: SPEC's 1e-5 is for fine-tuning an already robust ResNet-50; a non-robust ResNet-20 "
-                   "must first become robust, and 1e-5 barely moves it in a few hundred iterations")
-    p.add_argument("--attack-scale", type=float, default=0.5,
-                   help="multiplies SPEC's attack ε and step sizes (real 1.0/0.25, generated 10/0.1), which are for 64×64 "
-                   "images; L2 norms grow with √(pixels), so 0.5 (default) gives the same per-pixel budget at 32×32; "
-                   "1 = SPEC values")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=3e-4,
+        help="default 3e-4: SPEC's 1e-5 is for fine-tuning an already robust ResNet-50; a non-robust ResNet-20 "
+        "must first become robust, and 1e-5 barely moves it in a few hundred iterations",
+    )
+    p.add_argument(
+        "--attack-scale",
+        type=float,
+        default=0.5,
+        help="multiplies SPEC's attack ε and step sizes (real 1.0/0.25, generated 10/0.1), which are for 64×64 "
+        "images; L2 norms grow with √(pixels), so 0.5 (default) gives the same per-pixel budget at 32×32; "
+        "1 = SPEC values",
+    )
     p.add_argument("--n-real", type=int, default=6000, help="real training images (default 6000)")
     p.add_argument("--n-heldout", type=int, default=1000)
     p.add_argument("--ckpt-every", type=int, default=None, help="evaluation/checkpoint interval (default iters/6)")
@@ -127,7 +137,11 @@ def plot(train, evals, png: Path) -> None:
     a2 = a.twinx()
     a2.plot(it, [r["fake_early_stopped"] for r in train], color="C3", label="fraction early-stopped")
     a2.set_ylim(0, 1)
-    a.set_title("generated-image attack"), a.legend(fontsize=8, loc="upper left"), a2.legend(fontsize=8, loc="upper right")
+    (
+        a.set_title("generated-image attack"),
+        a.legend(fontsize=8, loc="upper left"),
+        a2.legend(fontsize=8, loc="upper right"),
+    )
     a = ax[1, 2]
     a.plot(ev, [r["ell0"] for r in evals], "o-", label="ℓ0 (held-out real)")
     a.plot(ev, [r["gen_ell_fake"] for r in evals], "s-", label="mean ℓ_fake (stand-in generated)")
@@ -170,10 +184,31 @@ def main(argv=None) -> int:
         data = prepare_data(args, work)
         weights = find_one(args.data_dir, "resnet20-12fca82f.th")
         run = args.out_dir / "run"
-        cmd = ["--real", data["real"], "--fake", data["fake"], "--ell0-data", data["heldout"], "--arch", "cifar_resnet20",
-               "--init", str(weights), "--out", str(run), "--iters", str(args.iters), "--batch-size", str(args.batch_size),
-               "--lr", str(args.lr), "--log-every", str(args.log_every), "--overwrite",
-               "--ckpt-every", str(args.ckpt_every or max(1, args.iters // 6))]
+        cmd = [
+            "--real",
+            data["real"],
+            "--fake",
+            data["fake"],
+            "--ell0-data",
+            data["heldout"],
+            "--arch",
+            "cifar_resnet20",
+            "--init",
+            str(weights),
+            "--out",
+            str(run),
+            "--iters",
+            str(args.iters),
+            "--batch-size",
+            str(args.batch_size),
+            "--lr",
+            str(args.lr),
+            "--log-every",
+            str(args.log_every),
+            "--overwrite",
+            "--ckpt-every",
+            str(args.ckpt_every or max(1, args.iters // 6)),
+        ]
         k = args.attack_scale
         cmd += ["--real-eps", str(1.0 * k), "--real-step", str(0.25 * k),
                 "--fake-eps", str(10.0 * k), "--fake-step", str(0.1 * k)]
@@ -195,11 +230,14 @@ def main(argv=None) -> int:
     cfg = json.loads((run / "config.json").read_text())
     c = cfg["config"]
     table = summary_table(train, evals, seconds)
-    header = (f"# ccfast.train demo\n\n{STANDIN_NOTE}.\n\ndevice {cfg['device']}, amp {cfg['amp']}, "
-              f"{cfg['world_size']} process(es); {args.iters} iterations, batch {args.batch_size} real + {args.batch_size} "
-              f"generated, lr {args.lr}; attacks: real ε {c['real_eps']:g} step {c['real_step']:g} × {c['real_steps']}, "
-              f"generated ε {c['fake_eps']:g} step {c['fake_step']:g} × {c['fake_steps_start']}+ (SPEC × {args.attack_scale:g}); "
-              f"init: {cfg['init']}\n\n")
+    header = (
+        f"# ccfast.train demo\n\n{STANDIN_NOTE}.\n\ndevice {cfg['device']}, amp {cfg['amp']}, "
+        f"{cfg['world_size']} process(es); {args.iters} iterations, batch {args.batch_size} real + {args.batch_size} "
+        f"generated, lr {args.lr}; attacks: real ε {c['real_eps']:g} step {c['real_step']:g} × {c['real_steps']}, "
+        f"generated ε {c['fake_eps']:g} step {c['fake_step']:g} × {c['fake_steps_start']}+ (SPEC × "
+        f"{args.attack_scale:g}); "
+        f"init: {cfg['init']}\n\n"
+    )
     (args.out_dir / "train_demo_summary.md").write_text(header + table + "\n")
     print(header + table)
     print(f"\nwrote {png}, {args.out_dir / 'train_demo_summary.md'}, {run}/", file=sys.stderr)

@@ -100,7 +100,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, CheckpointInfo]:
             "converted first with `python -m ccfast.convert --arch ARCH --weights FILE --out CKPT`"
         )
     if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise CCFastError(f"{path}: checkpoint format {payload['format_version']} is newer than this ccfast reads ({FORMAT_VERSION})")
+        raise CCFastError(
+            f"{path}: checkpoint format {payload['format_version']} is newer than this ccfast reads ({FORMAT_VERSION})"
+        )
     for key in ("arch", "num_classes", "image_size", "mean", "std", "state_dict"):
         if key not in payload:
             raise CCFastError(f"{path}: checkpoint lacks the field {key!r}")
@@ -140,13 +142,17 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model = build_model(info.arch, info.num_classes, info.mean, info.std, **info.arch_kwargs)
         model.backbone.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, CCFastError) as exc:
-        raise CCFastError(f"{path}: state dict does not match architecture {info.arch!r} with {info.num_classes} classes: {exc}") from exc
+        raise CCFastError(
+            f"{path}: state dict does not match architecture {info.arch!r} with {info.num_classes} classes: {exc}"
+        ) from exc
     model.eval().requires_grad_(False)
     return model.to(device), info
 
 
 @torch.no_grad()
-def estimate_ell0(model: JointModel, images: torch.Tensor, labels: torch.Tensor, realness: str = "logit", batch_size: int = 256) -> float:
+def estimate_ell0(
+    model: JointModel, images: torch.Tensor, labels: torch.Tensor, realness: str = "logit", batch_size: int = 256
+) -> float:
     """ℓ0 = mean over real images of ℓ_fake(x, c) (SPEC §3.6); `images` float NCHW in [0, 1]."""
     from .objectives import loss_fake_ref, realness_score_ref
 

@@ -100,7 +100,13 @@ def _option(field: str) -> str:
 # official step per example: boost.py writes α=0.2 on the gradient of the mean f_c over batches of 100.
 PRESETS: dict[str, dict] = {
     "paper": dict(method="pgd", objective="eq12", alpha=0.1, steps=25, eps=1.5, early_stop="realness", labels="given"),
-    "bigroc": dict(method="pgd", objective="ce", alpha=1.5 * 1.5 / 7, steps=7, eps=1.5, early_stop="none", labels="given"),
-    "bigroc-pl": dict(method="pgd", objective="ce", alpha=1.5 * 1.5 / 7, steps=7, eps=1.5, early_stop="none", labels="argmax"),
-    "sgld": dict(method="sgld", objective="logit", alpha=0.002, steps=15, eps=None, early_stop="none", sigma=1e-4, labels="given"),
+    "bigroc": dict(
+        method="pgd", objective="ce", alpha=1.5 * 1.5 / 7, steps=7, eps=1.5, early_stop="none", labels="given"
+    ),
+    "bigroc-pl": dict(
+        method="pgd", objective="ce", alpha=1.5 * 1.5 / 7, steps=7, eps=1.5, early_stop="none", labels="argmax"
+    ),
+    "sgld": dict(
+        method="sgld", objective="logit", alpha=0.002, steps=15, eps=None, early_stop="none", sigma=1e-4, labels="given"
+    ),
 }

@@ -30,10 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file to load (omit for random initialisation, e.g. for tests)")
     p.add_argument("--out", required=True, help="inference checkpoint to write (atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--num-classes", type=int, default=None, help="classes (default: 10 for CIFAR/tiny archs, 1000 otherwise)")
-    p.add_argument("--image-size", type=int, default=None, help="square image size the model expects (default 32, or 64 for ImageNet archs)")
-    p.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default ImageNet, or the file's)")
-    p.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default ImageNet, or the file's)")
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classes (default: 10 for CIFAR/tiny archs, 1000 otherwise)"
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="square image size the model expects (default 32, or 64 for ImageNet archs)",
+    )
+    p.add_argument(
+        "--mean", type=float, nargs=3, default=None, help="normalisation mean (default ImageNet, or the file's)"
+    )
+    p.add_argument(
+        "--std", type=float, nargs=3, default=None, help="normalisation std (default ImageNet, or the file's)"
+    )
     p.add_argument("--fresh-head", action="store_true", help="re-initialise the classification head")
     p.add_argument("--ell0-data", help="real images (.npz with labels) to estimate ℓ0 on")
     p.add_argument("--ell0-max", type=int, default=10000, help="use at most this many images for ℓ0 (default 10000)")
@@ -83,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(args.arch, num_classes)
         norm = {}
         if args.weights:
-            norm = load_backbone_weights(model.backbone, args.weights, fresh_head=args.fresh_head or None, arch=args.arch)
+            norm = load_backbone_weights(
+                model.backbone, args.weights, fresh_head=args.fresh_head or None, arch=args.arch
+            )
         mean = tuple(args.mean or norm.get("mean", IMAGENET_MEAN))
         std = tuple(args.std or norm.get("std", IMAGENET_STD))
         model = _with_norm(model, mean, std)
@@ -94,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                              no_labels_hint="ℓ0 is the mean realness of real images at their true labels; give a "
                                             "labelled --ell0-data (arr_1 or labels)")
             if s.images.shape[1:3] != (size, size):
-                raise CCFastError(f"{args.ell0_data}: images are {s.images.shape[1]}×{s.images.shape[2]}, model expects {size}×{size}")
+                raise CCFastError(
+                    f"{args.ell0_data}: images are {s.images.shape[1]}×{s.images.shape[2]}, model expects {size}×{size}"
+                )
             k = min(len(s), args.ell0_max)
             ell0 = estimate_ell0(model, uint8_to_float(s.images[:k]), torch.as_tensor(s.labels[:k]), args.realness)
             meta.update(ell0_data=args.ell0_data, ell0_n=k)

@@ -52,7 +52,8 @@ def load_samples(path: str | os.PathLike, require_labels: bool = False, num_clas
         image_key = next((k for k in IMAGE_KEYS if k in keys), None)
         if image_key is None:
             raise CCFastError(
-                f"{path}: no image array; expected 'arr_0' (consistency-models samples) or 'images', found {sorted(keys)}"
+                f"{path}: no image array; expected 'arr_0' (consistency-models samples) or 'images', found "
+                f"{sorted(keys)}"
             )
         try:
             images = npz[image_key]
@@ -97,7 +98,9 @@ def validate_labels(labels, n: int, num_classes: int | None, where: str) -> np.n
     return labels
 
 
-def save_samples(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None, layout: str = "arr", **extras) -> None:
+def save_samples(
+    path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None, layout: str = "arr", **extras
+) -> None:
     """Write a sample file atomically (it appears only when complete)."""
     validate_uint8_images(images, str(path))
     arrays = {"arr_0": images} if layout == "arr" else {"images": images}

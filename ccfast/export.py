@@ -25,7 +25,8 @@ examples:
   # the step graph (fp32, dynamic batch), checked by ONNX Runtime against the PyTorch reference
   python -m ccfast.export --checkpoint joint.pt --onnx step.onnx --verify
   # half-precision network (head and step stay fp32) and a TensorRT plan with profiles for 1, 16, 256 images
-  python -m ccfast.export --checkpoint joint.pt --onnx step16.onnx --dtype fp16 --trt step16.plan --batch-buckets 1,16,256
+  python -m ccfast.export --checkpoint joint.pt --onnx step16.onnx --dtype fp16 --trt step16.plan \\
+      --batch-buckets 1,16,256
   # a plan from an existing graph, for TensorRT-RTX on an RTX 4090 (sm_89), built on any machine
   python -m ccfast.export --onnx step.onnx --trt step.plan --trt-runtime tensorrt_rtx --trt-compute-capability SM89
   # then refine with it
@@ -51,15 +52,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the graph with ONNX Runtime (CPU) on random images and compare with the PyTorch reference")
     g.add_argument("--overwrite", action="store_true", help="replace existing output files")
     t = p.add_argument_group("TensorRT plan")
-    t.add_argument("--trt", metavar="PLAN", help="also build a TensorRT plan from the graph (writes PLAN and PLAN.json)")
-    t.add_argument("--batch-buckets", default="1,16,256",
-                   help="batch sizes with an optimisation profile each; larger batches are split, smaller ones padded (default 1,16,256)")
-    t.add_argument("--trt-runtime", default="auto", choices=("auto", "tensorrt", "tensorrt_rtx"),
-                   help="full TensorRT (>= 10, any data-centre GPU) or TensorRT for RTX (sm 7.5-8.9, 12.x); auto prefers full TensorRT")
-    t.add_argument("--trt-opt-level", type=int, default=3, help="builder optimisation level 0-5 (default 3; lower builds faster)")
+    t.add_argument(
+        "--trt", metavar="PLAN", help="also build a TensorRT plan from the graph (writes PLAN and PLAN.json)"
+    )
+    t.add_argument(
+        "--batch-buckets",
+        default="1,16,256",
+        help="batch sizes with an optimisation profile each; larger batches are split, smaller ones padded "
+        "(default 1,16,256)",
+    )
+    t.add_argument(
+        "--trt-runtime",
+        default="auto",
+        choices=("auto", "tensorrt", "tensorrt_rtx"),
+        help="full TensorRT (>= 10, any data-centre GPU) or TensorRT for RTX (sm 7.5-8.9, 12.x); "
+        "auto prefers full TensorRT",
+    )
+    t.add_argument(
+        "--trt-opt-level", type=int, default=3, help="builder optimisation level 0-5 (default 3; lower builds faster)"
+    )
     t.add_argument("--timing-cache", help="timing cache file, read if present and written back (speeds up rebuilds)")
-    t.add_argument("--trt-compute-capability", help="TensorRT-RTX targets, comma-separated (e.g. SM86,SM89; default: the library's choice)")
-    t.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 layers (faster on Ampere and later, ~1e-3 relative error)")
+    t.add_argument(
+        "--trt-compute-capability",
+        help="TensorRT-RTX targets, comma-separated (e.g. SM86,SM89; default: the library's choice)",
+    )
+    t.add_argument(
+        "--tf32",
+        action="store_true",
+        help="allow TF32 in fp32 layers (faster on Ampere and later, ~1e-3 relative error)",
+    )
     t.add_argument("--workspace-mib", type=int, help="limit the builder's workspace (MiB)")
     p.add_argument("--verbose", action="store_true", help="log TensorRT's informational messages too")
     p.add_argument("--quiet", action="store_true", help="print only errors")
@@ -109,7 +130,11 @@ def write_graph(args) -> Path:
     onnx_path = Path(args.onnx)
     model, info = load_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
-    _say(args, f"exporting the step graph of {info.arch} ({info.image_size[0]}×{info.image_size[1]}, {info.num_classes} classes, {args.dtype}) ...")
+    _say(
+        args,
+        f"exporting the step graph of {info.arch} ({info.image_size[0]}×{info.image_size[1]}, {info.num_classes} "
+        f"classes, {args.dtype}) ...",
+    )
     meta = export_step_graph(model, info.image_size, onnx_path, args.dtype,
                              {"arch": info.arch, "checkpoint": str(Path(args.checkpoint).resolve()),
                               "batch_buckets": args.batch_buckets})

@@ -128,7 +128,7 @@ class ImageNetResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers, strict=False)):
             stride = 1 if i == 0 else 2
             downsample = None
             if stride != 1 or self.inplanes != planes * 4:
@@ -241,7 +241,10 @@ def extract_state_dict(obj, where: str = "checkpoint") -> tuple[dict[str, torch.
                 sd = obj[key]
                 break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CCFastError(f"{where}: no state dict of tensors found (top-level keys: {list(obj)[:8] if isinstance(obj, dict) else type(obj)})")
+        raise CCFastError(
+            f"{where}: no state dict of tensors found (top-level keys: "
+            f"{list(obj)[:8] if isinstance(obj, dict) else type(obj)})"
+        )
     norm = {}
     out = {}
     for k, v in sd.items():
@@ -263,7 +266,9 @@ def extract_state_dict(obj, where: str = "checkpoint") -> tuple[dict[str, torch.
     return out, norm
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, fresh_head: bool | None = None, arch: str | None = None) -> dict:
+def load_backbone_weights(
+    backbone: nn.Module, path: str | os.PathLike, fresh_head: bool | None = None, arch: str | None = None
+) -> dict:
     """Load third-party weights into `backbone`. With `fresh_head=None`, the head is re-initialised
     only when its shape differs (a different class count); `True` always re-initialises it.
     Returns the normaliser found in the file (may be empty)."""
@@ -289,6 +294,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, fresh_he
         )
     for k, v in sd.items():
         if own[k].shape != v.shape:
-            raise CCFastError(f"{path}: parameter {k} has shape {tuple(v.shape)}, architecture expects {tuple(own[k].shape)}")
+            raise CCFastError(
+                f"{path}: parameter {k} has shape {tuple(v.shape)}, architecture expects {tuple(own[k].shape)}"
+            )
     backbone.load_state_dict(sd, strict=False)
     return norm

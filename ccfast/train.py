@@ -16,8 +16,17 @@ from dataclasses import fields
 from .cli import parse_optional_float, run_main
 from .devices import init_distributed, resolve_device, shutdown_distributed
 from .models import ARCHS
-from .training.config import (AMP_MODES, AUGMENTATIONS, BATCHNORM_MODES, MODE_DEFAULTS, MODES, OPTIMIZERS,
-                              REAL_ATTACKS, REALNESS_READINGS, TrainConfig)
+from .training.config import (
+    AMP_MODES,
+    AUGMENTATIONS,
+    BATCHNORM_MODES,
+    MODE_DEFAULTS,
+    MODES,
+    OPTIMIZERS,
+    REAL_ATTACKS,
+    REALNESS_READINGS,
+    TrainConfig,
+)
 from .validation import input_path, output_path
 
 PROG = "python -m ccfast.train"
@@ -36,7 +45,8 @@ the iteration (SPEC §3; model in eval mode while attacking, train mode for the 
   ℓ0 is still estimated on held-out real images and stored, so model.pt works with any refine preset.
 
 examples:
-  python -m ccfast.train --real imagenet64/ --fake cd_samples.npz --arch resnet50 --init robust_l2_eps3.pt --out runs/r50
+  python -m ccfast.train --real imagenet64/ --fake cd_samples.npz --arch resnet50 --init robust_l2_eps3.pt \\
+      --out runs/r50
   python -m ccfast.train --real cifar10/train_jpeg75_part0.npz --fake samples.npz --arch cifar_resnet20 \\
       --init resnet20-12fca82f.th --out runs/r20 --iters 2000 --lr 1e-4
   torchrun --nproc-per-node 8 -m ccfast.train --real imagenet64/ --fake s.npz --arch resnet50 --init r.pt --out runs/r50
@@ -61,10 +71,13 @@ generated-image fields null without generated images), state.pt (training state 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=MODES,
-                   help="joint: the joint classifier–discriminator on real + generated images (SPEC §3; default). "
-                        "robust-classifier: BIGROC's robust classifier, L2 adversarial training on real images only "
-                        f"(sets {_mode_text('robust-classifier')}; an explicit --real-attack or --w-real wins; no --fake)")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        help="joint: the joint classifier–discriminator on real + generated images (SPEC §3; default). "
+        "robust-classifier: BIGROC's robust classifier, L2 adversarial training on real images only "
+        f"(sets {_mode_text('robust-classifier')}; an explicit --real-attack or --w-real wins; no --fake)",
+    )
     f = p.add_argument_group("data and files")
     f.add_argument("--real", nargs="+", action="extend", metavar="PATH",
                    help="real images (repeatable; sources are concatenated)")
@@ -76,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--overwrite", action="store_true", help="discard the run in --out and start again")
     f.add_argument("--ell0-data", nargs="+", action="extend", metavar="PATH",
                    help="held-out real images for ℓ0 (default: hold out --ell0-holdout of the real images)")
-    f.add_argument("--ell0-holdout", type=int, help="real images set aside for ℓ0 when --ell0-data is absent (default 2000)")
+    f.add_argument(
+        "--ell0-holdout", type=int, help="real images set aside for ℓ0 when --ell0-data is absent (default 2000)"
+    )
     f.add_argument("--ell0-max", type=int, help="use at most this many held-out images for ℓ0 (default 10000)")
     f.add_argument("--augment", choices=AUGMENTATIONS, help="real images only: none, flip, crop-flip (default none)")
 
@@ -87,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num-classes", type=int, help="classes (default: largest real label + 1)")
     m.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default: the init file's, else ImageNet's)")
     m.add_argument("--std", type=float, nargs=3, help="normalisation std (default: the init file's, else ImageNet's)")
-    m.add_argument("--realness", choices=REALNESS_READINGS, help="realness score: logit (f_c, paper; default) or logsumexp (JEM)")
+    m.add_argument(
+        "--realness", choices=REALNESS_READINGS, help="realness score: logit (f_c, paper; default) or logsumexp (JEM)"
+    )
 
     a = p.add_argument_group("attacks (L2 PGD, normalised steps)")
     a.add_argument("--real-attack", choices=REAL_ATTACKS,
@@ -96,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--real-eps", type=float, help="ε of the real-image attack (default 1.0)")
     a.add_argument("--real-step", type=float, help="step of the real-image attack (default 0.25)")
     a.add_argument("--real-steps", type=int, help="steps of the real-image attack (default 4)")
-    a.add_argument("--real-random-start", action=argparse.BooleanOptionalAction, help="random start in the ε-ball (default off)")
+    a.add_argument(
+        "--real-random-start", action=argparse.BooleanOptionalAction, help="random start in the ε-ball (default off)"
+    )
     a.add_argument("--fake-eps", type=float, help="ε of the generated-image attack (default 10.0)")
     a.add_argument("--fake-step", type=float, help="step of the generated-image attack (default 0.1)")
     a.add_argument("--fake-steps-start", type=int, help="generated-image attack steps at iteration 0 (default 5)")
@@ -119,18 +138,30 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     o.add_argument("--grad-clip", type=parse_optional_float, default=argparse.SUPPRESS,
                    help="clip the gradient norm to this ('none': no clipping; default 1.0)")
-    o.add_argument("--lr-milestones", type=int, nargs="*", help="iterations where lr is multiplied by --lr-gamma (default 4000)")
+    o.add_argument(
+        "--lr-milestones", type=int, nargs="*", help="iterations where lr is multiplied by --lr-gamma (default 4000)"
+    )
     o.add_argument("--lr-gamma", type=float, help="lr factor at each milestone (default 0.1)")
     o.add_argument("--iters", type=int, help="total iterations (default 10000)")
-    o.add_argument("--batch-size", type=int, help="real images per iteration, and as many generated ones (joint mode); the global batch "
-                   "under torchrun (default 128)")
+    o.add_argument(
+        "--batch-size",
+        type=int,
+        help="real images per iteration, and as many generated ones (joint mode); the global batch "
+        "under torchrun (default 128)",
+    )
     o.add_argument("--seed", type=int, help="seed of batch order, augmentation and random starts (default 0)")
-    o.add_argument("--batchnorm", choices=BATCHNORM_MODES, help="batch: batch statistics when training (SyncBatchNorm under "
-                   "DDP on GPU; default); frozen: running statistics throughout")
+    o.add_argument(
+        "--batchnorm",
+        choices=BATCHNORM_MODES,
+        help="batch: batch statistics when training (SyncBatchNorm under "
+        "DDP on GPU; default); frozen: running statistics throughout",
+    )
 
     r = p.add_argument_group("execution")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available; cuda:LOCAL_RANK under torchrun)")
-    r.add_argument("--amp", choices=AMP_MODES, help="mixed precision: auto (bf16 on CUDA, off on CPU; default), bf16, fp16, off")
+    r.add_argument(
+        "--amp", choices=AMP_MODES, help="mixed precision: auto (bf16 on CUDA, off on CPU; default), bf16, fp16, off"
+    )
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels_last memory format (default: on CUDA)")
     r.add_argument("--log-every", type=int, help="iterations per metrics line (default 10)")
@@ -194,8 +225,12 @@ def main(argv: list[str] | None = None) -> int:
             trainer.run()
         except KeyboardInterrupt:
             if trainer is not None and ctx.is_main:
-                print(f"{PROG}: interrupted at iteration {trainer.iteration}; `{PROG} --out {cfg.out} --resume` continues "
-                      f"from the last checkpoint (every {cfg.ckpt_every} iterations)", file=sys.stderr)
+                print(
+                    f"{PROG}: interrupted at iteration {trainer.iteration}; `{PROG} --out {cfg.out} --resume` "
+                    "continues "
+                    f"from the last checkpoint (every {cfg.ckpt_every} iterations)",
+                    file=sys.stderr,
+                )
                 return 130
             raise
         finally:

@@ -136,8 +136,10 @@ def output_path(path: PathLike, option: str, *, inputs: Iterable[tuple[str, Path
         if side.is_dir():
             raise CCFastError(f"{option} {out}: {side} is a folder, and the command writes a file there; move it away")
         if side.exists() and not overwrite:
-            raise CCFastError(f"{option} {out}: its companion file {side} exists (from an earlier run); pass --overwrite "
-                              "to replace both")
+            raise CCFastError(
+                f"{option} {out}: its companion file {side} exists (from an earlier run); pass --overwrite "
+                "to replace both"
+            )
     return out
 
 

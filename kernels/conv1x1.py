@@ -114,10 +114,29 @@ def _unpack_bits(mask_ptr, rows, stride_mm, cols, valid):
 
 @triton.jit
 def _conv1x1_relu_kernel(
-    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, mask_ptr,
-    M, N, K, stride_xm, stride_wn, stride_rm, stride_ym, stride_mm,
-    HAS_RES: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, K_STATIC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    r_ptr,
+    y_ptr,
+    mask_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_wn,
+    stride_rm,
+    stride_ym,
+    stride_mm,
+    HAS_RES: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    K_STATIC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -244,8 +263,11 @@ def _run(kernel, tuned, grid_mn, k_red, blocks, args, **constexprs):
     blocks=None) or one fixed (BLOCK_M, BLOCK_N, BLOCK_K)."""
     M, N = grid_mn
     if blocks is None and tuned is not None:
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-        tuned[grid](*args, EVEN_K=k_red % 64 == 0, UPCAST=False, K_STATIC=0, **constexprs)  # every tuned BLOCK_K divides 64
+        def grid(meta):
+            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        tuned[grid](
+            *args, EVEN_K=k_red % 64 == 0, UPCAST=False, K_STATIC=0, **constexprs
+        )  # every tuned BLOCK_K divides 64
         return
     bm, bn, bk = blocks or INTERPRETER_BLOCKS
     if bn % BITS or bk % BITS:

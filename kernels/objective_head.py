@@ -157,7 +157,9 @@ def _launch(logits, labels, active, objective, realness, w_ce, w_d, ell0, tau, b
         raise CCFastError(f"objective_head: logits must be fp32, bf16 or fp16, got {logits.dtype}")
     B, C = logits.shape
     if labels.shape != (B,) or active.shape != (B,):
-        raise CCFastError(f"objective_head: labels and active must be ({B},), got {tuple(labels.shape)}, {tuple(active.shape)}")
+        raise CCFastError(
+            f"objective_head: labels and active must be ({B},), got {tuple(labels.shape)}, {tuple(active.shape)}"
+        )
     if active.dtype != torch.bool:
         raise CCFastError(f"objective_head: active must be a bool mask, got {active.dtype}")
     if objective not in OBJECTIVE_IDS or realness not in REALNESS:

@@ -123,12 +123,16 @@ def _validate(x, g, x0, active, steps, inplace):
     if x.ndim < 2:
         raise CCFastError(f"pgd_step: x must be (B, ...) with at least one dimension per image, got {tuple(x.shape)}")
     if g.shape != x.shape or x0.shape != x.shape:
-        raise CCFastError(f"pgd_step: x, g and x0 must have one shape, got {tuple(x.shape)}, {tuple(g.shape)}, {tuple(x0.shape)}")
+        raise CCFastError(
+            f"pgd_step: x, g and x0 must have one shape, got {tuple(x.shape)}, {tuple(g.shape)}, {tuple(x0.shape)}"
+        )
     for name, t in (("x", x), ("g", g), ("x0", x0)):
         if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise CCFastError(f"pgd_step: {name} must be fp32, bf16 or fp16, got {t.dtype}")
     if active.shape != (x.shape[0],) or active.dtype != torch.bool:
-        raise CCFastError(f"pgd_step: active must be a bool mask of shape ({x.shape[0]},), got {active.dtype} {tuple(active.shape)}")
+        raise CCFastError(
+            f"pgd_step: active must be a bool mask of shape ({x.shape[0]},), got {active.dtype} {tuple(active.shape)}"
+        )
     if steps is not None and (steps.shape != (x.shape[0],) or steps.dtype not in (torch.int32, torch.int64)):
         raise CCFastError(f"pgd_step: steps must be int32/int64 of shape ({x.shape[0]},)")
     devices = {t.device for t in (x, g, x0, active) + ((steps,) if steps is not None else ())}

@@ -147,7 +147,9 @@ class ReluMargins:
             def __torch_function__(self, func, types, args=(), kwargs=None):
                 if func in relus and isinstance(args[0], torch.Tensor) and args[0].ndim > 1:
                     v = args[0].detach().abs().flatten(1).amin(1)
-                    outer.margin = v if outer.margin is None or outer.margin.shape != v.shape else torch.minimum(outer.margin, v)
+                    outer.margin = (
+                        v if outer.margin is None or outer.margin.shape != v.shape else torch.minimum(outer.margin, v)
+                    )
                 return func(*args, **(kwargs or {}))
 
         self._mode = Mode()
@@ -172,5 +174,7 @@ def assert_matches(got: torch.Tensor, want: torch.Tensor, near_tie: torch.Tensor
     err = diff.reshape(len(diff), -1).amax(1)
     bad = err > tol
     assert not (bad & ~near_tie).any(), f"{what}: errors {err.tolist()} on examples without a ReLU near-tie"
-    assert int(bad.sum()) <= len(err) // 2, f"{what}: {int(bad.sum())} of {len(err)} examples off (errors {err.tolist()})"
+    assert int(bad.sum()) <= len(err) // 2, (
+        f"{what}: {int(bad.sum())} of {len(err)} examples off (errors {err.tolist()})"
+    )
     assert err.max().item() <= 100 * tol, f"{what}: error {err.max().item():.3g} is too large even for a ReLU near-tie"

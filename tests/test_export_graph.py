@@ -18,13 +18,11 @@ import torch
 pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'ccfast[onnx]')")
 pytest.importorskip("onnx", reason="onnx not installed (pip install 'ccfast[onnx]')")
 
-from export_cases import (ARCH_CASES, ReluMargins, assert_matches, batch, graph, loaded, run_graph, session,  # noqa: E402
-                          tau_between)
-
 from ccfast.objectives import OBJECTIVES, REALNESS, HeadParams, early_stop_active_ref, objective_ref  # noqa: E402
 from ccfast.onnx_export.head import head_coefficients  # noqa: E402
 from ccfast.onnx_export.step import params_vector  # noqa: E402
 from ccfast.pgd import pgd_step_ref  # noqa: E402
+from export_cases import ARCH_CASES, ReluMargins, assert_matches, batch, graph, loaded, run_graph, session, tau_between  # noqa: E402
 
 # fp16 network vs fp32 reference: least cosine between the two steps (measured over three seeds: tiny ≥ 0.997,
 # CIFAR ResNet-20 ≥ 0.9935, ResNet-50 ≥ 0.960). Random-weight ResNet-50's input gradient is very sensitive to
@@ -75,12 +73,14 @@ def test_one_step_matches_reference_for_every_objective(arch):
     # ε small enough that some images are projected back onto the ball, and some not.
     eps = float((x - x0).flatten(1).norm(dim=1).median()) + 0.05
     checked_mask_split = False
-    for head, (J, realness, g) in zip(heads, refs):
+    for head, (J, realness, g) in zip(heads, refs, strict=False):
         what = f"{head.objective}/{head.realness}"
         tau = tau_between(realness)
         ref_act = early_stop_active_ref(realness, active, tau)
         ref_x = pgd_step_ref(x, g, x0, ref_act, 0.1, eps)
-        ox, oact, oJ, orr = run_graph(sess, x, x0, labels, active, params_vector(0.1, eps, tau, head_coefficients(head)))
+        ox, oact, oJ, orr = run_graph(
+            sess, x, x0, labels, active, params_vector(0.1, eps, tau, head_coefficients(head))
+        )
         assert torch.equal(oact, ref_act), what
         assert_matches(ox, ref_x, margins.near_tie(), what=what)
         assert rel(oJ, J) <= 1e-4 and rel(orr, realness) <= 1e-4, what
@@ -115,7 +115,9 @@ def test_dynamic_batch(n):
     active = torch.ones(n, dtype=torch.bool)
     head = HeadParams()
     (ref_x, ref_act, ref_J, _), margins = reference(model, x, x0, labels, active, head, 0.1, 1.5, None)
-    ox, oact, oJ, _ = run_graph(session("tiny"), x, x0, labels, active, params_vector(0.1, 1.5, None, head_coefficients(head)))
+    ox, oact, oJ, _ = run_graph(
+        session("tiny"), x, x0, labels, active, params_vector(0.1, 1.5, None, head_coefficients(head))
+    )
     assert ox.shape == (n, 3, 16, 16) and oJ.shape == (n,)
     assert_matches(ox, ref_x, margins.near_tie())
     assert rel(oJ, ref_J) <= 1e-4
@@ -130,10 +132,12 @@ def test_fp16_graph_within_stated_tolerance(arch):
     refs, margins = reference_gradients(model, x, labels, heads)
     # fp16 logits carry errors relative to the logits' own scale, so J and ℓ_fake are compared at that scale.
     logit_scale = margins.logits.abs().amax(1).clamp_min(1.0)
-    for head, (ref_J, ref_r, g) in zip(heads, refs):
+    for head, (ref_J, ref_r, g) in zip(heads, refs, strict=False):
         objective = head.objective
         ref_x = pgd_step_ref(x, g, x0, active, 0.1, None)
-        ox, oact, oJ, orr = run_graph(session(arch, "fp16"), x, x0, labels, active, params_vector(0.1, None, None, head_coefficients(head)))
+        ox, oact, oJ, orr = run_graph(
+            session(arch, "fp16"), x, x0, labels, active, params_vector(0.1, None, None, head_coefficients(head))
+        )
         assert torch.equal(oact, active)
         cos = torch.nn.functional.cosine_similarity((ox - x).flatten(1), (ref_x - x).flatten(1), dim=1)
         assert cos.min().item() >= FP16_MIN_COSINE[arch], (objective, cos)

@@ -85,7 +85,11 @@ def test_maxpool_vjp_routes_to_pytorchs_first_maximum(k, s, p, size, scatter):
     y_t, gx_t = autograd_vjp(pool, x, gy)
     xp = torch.nn.functional.pad(x, (p, p, p, p), value=float("-inf"))
     Ho, Wo = y_t.shape[2:]
-    hits = sum((xp[..., i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s] == y_t).int() for i in range(k) for j in range(k))
+    hits = sum(
+        (xp[..., i : i + s * (Ho - 1) + 1 : s, j : j + s * (Wo - 1) + 1 : s] == y_t).int()
+        for i in range(k)
+        for j in range(k)
+    )
     assert (hits > 1).float().mean() > 0.3  # many windows hold more than one maximum
     assert torch.equal(y_o, y_t)
     assert (gx_o - gx_t).abs().max() <= 1e-6  # same positions; sums of the same overlapping gradients
@@ -181,14 +185,24 @@ def test_emitted_head_equals_objective_grad_ref():
     gb = GraphBuilder()
     J, ell, g = emit_head(gb, Tensor("z", np.float32, (C,)), "labels", param_getter(gb, "params"))
     graph = helper.make_graph(
-        gb.nodes, "head",
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", C]),
-         helper.make_tensor_value_info("labels", TensorProto.INT32, ["B"]),
-         helper.make_tensor_value_info("params", TensorProto.FLOAT, [len(PARAM_SLOTS)])],
-        [helper.make_tensor_value_info(J, TensorProto.FLOAT, ["B"]), helper.make_tensor_value_info(ell, TensorProto.FLOAT, ["B"]),
-         helper.make_tensor_value_info(g.name, TensorProto.FLOAT, ["B", C])], gb.initializers)
-    sess = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+        gb.nodes,
+        "head",
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", C]),
+            helper.make_tensor_value_info("labels", TensorProto.INT32, ["B"]),
+            helper.make_tensor_value_info("params", TensorProto.FLOAT, [len(PARAM_SLOTS)]),
+        ],
+        [
+            helper.make_tensor_value_info(J, TensorProto.FLOAT, ["B"]),
+            helper.make_tensor_value_info(ell, TensorProto.FLOAT, ["B"]),
+            helper.make_tensor_value_info(g.name, TensorProto.FLOAT, ["B", C]),
+        ],
+        gb.initializers,
+    )
+    sess = ort.InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
     torch.manual_seed(3)
     z = torch.randn(6, C) * 6
     z[0, 2] = 120.0  # a realness score far past exp's fp32 range: softplus must stay finite

@@ -18,15 +18,15 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton` of the kernels
 pytest.importorskip("triton", reason="the Triton kernels need `pip install 'ccfast[triton]'`")
 
-from ccfast.conv1x1 import (
+from ccfast.conv1x1 import (  # noqa: E402
     conv1x1_dgrad_ref,
     conv1x1_relu_ref,
     mask_words,
     pack_relu_mask,
     unpack_relu_mask,
 )
-from ccfast.errors import CCFastError
-from ccfast.kernels.conv1x1 import conv1x1_dgrad, conv1x1_relu, interpreted
+from ccfast.errors import CCFastError  # noqa: E402
+from ccfast.kernels.conv1x1 import conv1x1_dgrad, conv1x1_relu, interpreted  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 if not CUDA and not interpreted():
@@ -48,7 +48,7 @@ def _cases():
     """(M, K, N, blocks): every shape with every tile on a GPU; the interpreter's second tile (slow: one
     program at a time) only on the ragged shapes."""
     return [pytest.param(*shape, blocks, id=f"M{shape[0]}-K{shape[1]}-N{shape[2]}-{bid}")
-            for shape in SHAPES for blocks, bid in zip(BLOCKS, BLOCK_IDS)
+            for shape in SHAPES for blocks, bid in zip(BLOCKS, BLOCK_IDS, strict=False)
             if CUDA or blocks is None or shape in (SHAPES[0], SHAPES[4])]
 # fp32: the same products summed in another order (exact fp32 on the GPU too: input_precision="ieee").
 TOL_FP32 = {"rtol": 1e-5, "atol": 1e-5}
@@ -64,7 +64,8 @@ def _forward_inputs(M, K, N, dtype, seed, residual):
     w = torch.randn(N, K, generator=g) / K**0.5
     b = torch.randn(N, generator=g) * 0.5
     r = torch.randn(M, N, generator=g) if residual else None
-    to = lambda t: None if t is None else t.to(DEVICE, dtype)
+    def to(t):
+        return None if t is None else t.to(DEVICE, dtype)
     return to(x), to(w), b.to(DEVICE), to(r)
 
 

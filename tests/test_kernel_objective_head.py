@@ -19,10 +19,9 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton` of the kernels
 pytest.importorskip("triton", reason="the Triton kernels need `pip install 'ccfast[triton]'`")
 
-from ccfast.kernels.objective_head import interpreted, objective_head
-
-from ccfast.errors import CCFastError
-from ccfast.objectives import (
+from ccfast.errors import CCFastError  # noqa: E402
+from ccfast.kernels.objective_head import interpreted, objective_head  # noqa: E402
+from ccfast.objectives import (  # noqa: E402
     OBJECTIVES,
     REALNESS,
     HeadParams,

@@ -18,10 +18,9 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton` of the kernels
 pytest.importorskip("triton", reason="the Triton kernels need `pip install 'ccfast[triton]'`")
 
-from ccfast.kernels.pgd_step import MAX_SINGLE_BLOCK, interpreted, pgd_step
-
-from ccfast.errors import CCFastError
-from ccfast.pgd import per_example_l2_norm, pgd_step_ref
+from ccfast.errors import CCFastError  # noqa: E402
+from ccfast.kernels.pgd_step import MAX_SINGLE_BLOCK, interpreted, pgd_step  # noqa: E402
+from ccfast.pgd import per_example_l2_norm, pgd_step_ref  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 if not CUDA and not interpreted():
@@ -53,7 +52,8 @@ def _inputs(B, hw, dtype, channels_last=False, seed=0, c=3):
         active[1] = True
     active[0] = True
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    cast = lambda t: t.to(DEVICE, dtype).contiguous(memory_format=fmt)
+    def cast(t):
+        return t.to(DEVICE, dtype).contiguous(memory_format=fmt)
     return cast(x), cast(grad), cast(x0), active.to(DEVICE)
 
 

@@ -8,7 +8,6 @@ from ccfast.checkpoint import load_checkpoint, read_checkpoint
 from ccfast.convert import main as convert_main
 from ccfast.errors import CCFastError
 from ccfast.models import ARCHS, build_backbone, build_model, extract_state_dict, load_backbone_weights
-
 from conftest import SHARED_DATA
 
 
@@ -23,9 +22,17 @@ def test_resnet50_family_uses_torchvision_names_and_takes_64px():
     for key in ("conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.weight",
                 "layer4.2.conv3.weight", "layer4.2.bn3.bias", "fc.weight", "fc.bias"):
         assert key in sd
-    assert sum(v.numel() for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == 25_557_032
+    assert (
+        sum(v.numel() for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+        == 25_557_032
+    )
     wide = build_backbone("wide_resnet50_2", 1000).state_dict()
-    assert sum(v.numel() for k, v in wide.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == 68_883_240
+    assert (
+        sum(
+            v.numel() for k, v in wide.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+        )
+        == 68_883_240
+    )
     m = build_model("resnet50", 1000).eval()
     assert m(torch.rand(1, 3, 64, 64)).shape == (1, 1000)
 
@@ -71,11 +78,15 @@ def test_weights_only_loading_refuses_pickled_code(tmp_path):
 
 
 def test_extract_state_dict_strips_prefixes():
-    sd, norm = extract_state_dict({"state_dict": {"module.conv.weight": torch.zeros(1), "module.bn.num_batches_tracked": torch.tensor(1)}})
+    sd, norm = extract_state_dict(
+        {"state_dict": {"module.conv.weight": torch.zeros(1), "module.bn.num_batches_tracked": torch.tensor(1)}}
+    )
     assert list(sd) == ["conv.weight"] and norm == {}
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "models" / "resnet20-12fca82f.th").exists(), reason="shared CIFAR-10 models not present")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "models" / "resnet20-12fca82f.th").exists(), reason="shared CIFAR-10 models not present"
+)
 def test_shared_cifar_resnet_converts_and_classifies(tmp_path):
     out = tmp_path / "r20.pt"
     test_npz = SHARED_DATA / "cifar10" / "test.npz"

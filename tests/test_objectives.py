@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from ccfast.objectives import (
-    OBJECTIVES, HeadParams, cross_entropy_ref, early_stop_active_ref, loss_fake_ref, loss_real_ref,
-    objective_grad_ref, objective_ref, realness_score_ref,
+    OBJECTIVES,
+    HeadParams,
+    cross_entropy_ref,
+    early_stop_active_ref,
+    loss_fake_ref,
+    loss_real_ref,
+    objective_grad_ref,
+    objective_ref,
+    realness_score_ref,
 )
 
 

@@ -16,13 +16,11 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'ccfast[onnx]')")
 
-from export_cases import (ARCH_CASES, ReluMargins, assert_matches, batch, checkpoint, graph, loaded, session,  # noqa: E402
-                          tau_between)
-
 from ccfast.config import RefineConfig  # noqa: E402
 from ccfast.errors import CCFastError  # noqa: E402
 from ccfast.objectives import OBJECTIVES, HeadParams, objective_ref  # noqa: E402
 from ccfast.refine import Refiner  # noqa: E402
+from export_cases import ARCH_CASES, ReluMargins, assert_matches, batch, checkpoint, graph, loaded, session, tau_between  # noqa: E402
 
 # T per backbone (ResNet-50 on 2 CPU cores: fewer steps).
 STEPS = {"tiny": 4, "cifar_resnet20": 3, "resnet50": 2}
@@ -78,8 +76,12 @@ def test_logsumexp_realness_and_mid_trajectory_stops(arch):
     """JEM realness, and a τ that some examples cross *during* the steps (so masks change mid-run)."""
     model, _ = loaded(arch)
     x0, _, labels = batch(arch, 8, seed=4)
-    config = RefineConfig.from_preset("paper", objective="jem", realness="logsumexp", steps=5, alpha=0.3, eps=None, ell0=1.0)
-    run = Refiner(checkpoint(arch), engine="torch", config=config.replace(early_stop="none"), device="cpu").refine(x0, labels)
+    config = RefineConfig.from_preset(
+        "paper", objective="jem", realness="logsumexp", steps=5, alpha=0.3, eps=None, ell0=1.0
+    )
+    run = Refiner(checkpoint(arch), engine="torch", config=config.replace(early_stop="none"), device="cpu").refine(
+        x0, labels
+    )
     tau = tau_between(torch.cat([run.realness_init, run.realness_final]))
     x0, want, got, near_tie = compare_engines(arch, config.replace(tau=tau), n=8, seed=4)
     assert ((want.steps > 0) & (want.steps < 5)).any()  # stopped part-way
@@ -115,10 +117,9 @@ def test_fp16_graph_through_the_engine():
 
 def _fp16_errors(arch, n, device, **ort_options):
     """‖x − x_ref32‖ after 8 steps for the ort engine's graph and for plain PyTorch fp16, and ‖x_ref32 − x0‖."""
-    from factories import Autocast
-
     from ccfast.refine import resolve_scalars
     from ccfast.refine.torch_engine import TorchEngine
+    from factories import Autocast
 
     model, info = loaded(arch)
     model = copy.deepcopy(model).to(device)  # the cached model stays on the CPU for the other tests
@@ -197,8 +198,8 @@ def test_cuda_provider_options_of_the_settings():
 
 def test_loop_without_early_exit_equals_loop_with_it():
     """The TensorRT engine replays T steps with no host check; the result must equal the early-exit loop's."""
-    from ccfast.refine.step_graph_runner import StepBuffers, collect, params_for, run_steps
     from ccfast.refine import resolve_scalars
+    from ccfast.refine.step_graph_runner import StepBuffers, collect, params_for, run_steps
 
     model, info = loaded("tiny")
     x0, _, labels = batch("tiny", 5, seed=7)
@@ -209,9 +210,9 @@ def test_loop_without_early_exit_equals_loop_with_it():
     for check in (True, False):
         bufs = StepBuffers.allocate(8, (3, 16, 16), params_for(config, scalars), "cpu")  # 3 padding rows
 
-        def run_step():
+        def run_step(bufs=bufs):
             out = sess.run(None, {k: (v.numpy()) for k, v in bufs.graph_inputs().items()})
-            for t, o in zip(bufs.graph_outputs().values(), out):
+            for t, o in zip(bufs.graph_outputs().values(), out, strict=False):
                 t.copy_(torch.from_numpy(o))
 
         bufs.load(x0, labels)
@@ -252,9 +253,8 @@ def test_engine_refuses_a_graph_of_other_weights_and_unknown_options(tmp_path):
 
 
 def test_refine_cli_with_engine_ort_end_to_end(tmp_path):
-    from factories import make_samples
-
     from ccfast.refine.__main__ import main as refine_main
+    from factories import make_samples
 
     images, labels = make_samples(n=10, size=16)
     src = tmp_path / "samples.npz"

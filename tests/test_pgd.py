@@ -63,4 +63,6 @@ def test_step_result_independent_of_batch(batch):
     act = torch.ones(batch, dtype=torch.bool)
     y = pgd_step_ref(x0, g, x0, act, 0.2, 0.1)
     for i in range(batch):
-        torch.testing.assert_close(y[i:i + 1], pgd_step_ref(x0[i:i + 1], g[i:i + 1], x0[i:i + 1], act[i:i + 1], 0.2, 0.1))
+        torch.testing.assert_close(
+            y[i : i + 1], pgd_step_ref(x0[i : i + 1], g[i : i + 1], x0[i : i + 1], act[i : i + 1], 0.2, 0.1)
+        )

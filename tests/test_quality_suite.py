@@ -21,13 +21,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # benchmarks/ is not an installed package
 
 from benchmarks.quality.act import ACTConfig  # noqa: E402
-from benchmarks.quality.consistency import (ConsistencyModel, ICTConfig, NoiseSchedule, ict_num_scales,  # noqa: E402
-                                            karras_sigmas, lognormal_index_probs, pseudo_huber)
+from benchmarks.quality.consistency import (  # noqa: E402
+    ConsistencyModel,
+    ICTConfig,
+    NoiseSchedule,
+    ict_num_scales,
+    karras_sigmas,
+    lognormal_index_probs,
+    pseudo_huber,
+)
 from benchmarks.quality.sample import generate  # noqa: E402
 from benchmarks.quality.stages import Stage, StagePaused, StageRunner  # noqa: E402
 from benchmarks.quality.trainer import GENERATOR_FILE, STATE_FILE, GeneratorRun, train_generator  # noqa: E402
 from benchmarks.quality.unet import UNetConfig  # noqa: E402
-
 from conftest import SHARED_DATA  # noqa: E402
 
 TINY_UNET = UNetConfig(channels=16, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), head_channels=16)
@@ -48,7 +54,9 @@ def one_thread():
 def test_karras_levels_and_ict_curriculum():
     sched = NoiseSchedule()
     s = karras_sigmas(11, sched).double()
-    assert math.isclose(float(s[0]), sched.sigma_min, rel_tol=1e-6) and math.isclose(float(s[-1]), sched.sigma_max, rel_tol=1e-6)
+    assert math.isclose(float(s[0]), sched.sigma_min, rel_tol=1e-6) and math.isclose(
+        float(s[-1]), sched.sigma_max, rel_tol=1e-6
+    )
     assert bool((s[1:] > s[:-1]).all())
     # iCT: s0=10, s1=1280 -> 8 doubling stages; K=8000 gives K'=1000.
     assert [ict_num_scales(k, 8000, 10, 1280) for k in (0, 999, 1000, 2999, 3000, 6999, 7000, 7999)] == \
@@ -127,7 +135,9 @@ def _images(n=16, seed=0):
     return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
 
 
-@pytest.mark.parametrize("act", [None, ACTConfig(d_channels=8, d_channel_mult=(1, 2), r1_interval=2)], ids=["ct", "act"])
+@pytest.mark.parametrize(
+    "act", [None, ACTConfig(d_channels=8, d_channel_mult=(1, 2), r1_interval=2)], ids=["ct", "act"]
+)
 def test_generator_training_resumes_exactly(tmp_path, act):
     images, labels = _images()
     run = _tiny_run("act" if act else "ct", act)
@@ -217,9 +227,8 @@ def test_downstream_config_holds_upstream_hashes(tmp_path):
 
 
 def test_classifier_flags_are_what_ccfast_train_accepts():
-    from ccfast.train import build_parser, config_from_args
-
     from benchmarks.quality.suite_config import joint_flags, robust_flags
+    from ccfast.train import build_parser, config_from_args
 
     def parse(flags, fake=("--fake", "f.npz")):
         args = build_parser().parse_args(["--real", "r.npz", *fake, "--out", "o", *flags])
@@ -276,7 +285,9 @@ def test_refine_plan_covers_every_group_once():
     # c is chosen on 1-step samples only, for every grid value and calibration budget
     calib = [j for j in jobs.values() if j.group == "calibrate"]
     assert {j.input for j in calib} == {"ct_1step"}
-    assert {(j.alpha_scale, j.budget) for j in calib} == {(c, t) for c in cfg.alpha_scales for t in cfg.calibrate_budgets}
+    assert {(j.alpha_scale, j.budget) for j in calib} == {
+        (c, t) for c in cfg.alpha_scales for t in cfg.calibrate_budgets
+    }
     # before calibration the scaled jobs are planned without α (the suite holds them back)
     assert all("alpha" not in j.overrides for j in refine_jobs(cfg) if j.method == "scaled" and j.group == "budget")
 
@@ -361,7 +372,9 @@ def test_report_aggregates_seeds_and_says_which_differences_exceed_the_spread(tm
     run = report.RunData(tmp_path)
     rows = {r["samples"]: r for r in report.main_rows(run, cfg)}
     big, pgd = rows["ct_2step_bigroc"], rows["ct_2step_paper"]
-    assert (big["fid"], big["fid_std"], big["n_seeds"]) == (91.0, 1.0, 3) and big["fid_per_seed"] == "90.000;91.000;92.000"
+    assert (big["fid"], big["fid_std"], big["n_seeds"]) == (91.0, 1.0, 3) and big[
+        "fid_per_seed"
+    ] == "90.000;91.000;92.000"
     assert math.isclose(big["fid_change_vs_unrefined_pct"], -10.0 / 101.0 * 100)
     assert report.exceeds_spread(pgd, big) is True
     points = {(p["method"], p["budget"]): p for p in report.budget_points(run, cfg)}
@@ -445,7 +458,9 @@ def test_smoke_suite_in_two_lanes_gives_the_one_lane_stages(tmp_path):
     assert {f"refine_{j}" for j in jobs} <= records and {f"eval_{j}" for j in jobs} <= records
     assert "--refine-methods bigroc" in logs and "--refine-methods paper,sgld" in logs
     with open(out / "results" / "quality.csv") as fh:
-        assert {"CT 1-step + BIGROC", "CT 1-step + joint PGD (paper)", "ACT 1-step"} <= {r["row"] for r in csv.DictReader(fh)}
+        assert {"CT 1-step + BIGROC", "CT 1-step + joint PGD (paper)", "ACT 1-step"} <= {
+            r["row"] for r in csv.DictReader(fh)
+        }
     finished = {p.name: json.loads(p.read_text())["finished_at"] for p in (out / "stages").glob("*.json")}
     assert main(_suite_args(out, "--lanes", "2")) == 0
     assert finished == {p.name: json.loads(p.read_text())["finished_at"] for p in (out / "stages").glob("*.json")}

@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from ccfast import Refiner, RefineConfig
+from ccfast import RefineConfig, Refiner
 from ccfast.checkpoint import load_checkpoint
 from ccfast.data import uint8_to_float
 from ccfast.errors import CCFastError
 from ccfast.objectives import HeadParams, objective_ref
 from ccfast.pgd import per_example_l2_norm
-
 from factories import make_samples, make_tiny_checkpoint, median_realness
 
 
@@ -97,7 +96,9 @@ def test_sgld_reproducible_by_seed_and_independent_of_chunking(tiny_ckpt):
 
 def test_sgld_ascends_class_logit(tiny_ckpt):
     images, labels = make_samples(6)
-    out = refiner(tiny_ckpt, method="sgld", alpha=0.2, steps=5, eps=None, early_stop="none", sigma=1e-4).refine(images, labels)
+    out = refiner(tiny_ckpt, method="sgld", alpha=0.2, steps=5, eps=None, early_stop="none", sigma=1e-4).refine(
+        images, labels
+    )
     assert (out.objective_final < out.objective_init).all()  # J = −f_c falls
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from factories import make_samples, make_tiny_checkpoint
 
 from ccfast.convert import main as convert_main
 from ccfast.evaluate import main as evaluate_main
@@ -24,6 +23,7 @@ from ccfast.export import main as export_main
 from ccfast.refine.__main__ import main as refine_main
 from ccfast.train import main as train_main
 from ccfast.viz import main as viz_main
+from factories import make_samples, make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MAINS = {"refine": refine_main, "train": train_main, "convert": convert_main, "export": export_main,
@@ -107,7 +107,9 @@ def _existing_output(command: str) -> tuple[list, str]:
         cfg = TrainConfig(real=["real.npz"], fake=["fake.npz"], out="run")
         Path("run/config.json").write_text(json.dumps({"config": cfg.to_dict()}))
         return train_args(), "--resume"
-    out = {"refine": "out.npz", "convert": "out.pt", "export": "new.onnx", "evaluate": "m.json", "viz": "g.png"}[command]
+    out = {"refine": "out.npz", "convert": "out.pt", "export": "new.onnx", "evaluate": "m.json", "viz": "g.png"}[
+        command
+    ]
     Path(out).write_bytes(b"an earlier result, to keep")
     argv = {
         "refine": refine_args(output=out),
@@ -404,9 +406,14 @@ def test_random_viz_options_write_a_png_or_fail_cleanly(world, capsys, n, start,
 
 @hypothesis.settings(max_examples=20, deadline=None,
                      suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
-@hypothesis.given(classes=st.sampled_from(["-1", "0", "3", "10"]), size=st.sampled_from(["0", "8", "16"]),
-                  mean=NARGS_NUMBER_TEXT, std=NARGS_NUMBER_TEXT, ell0_max=st.sampled_from(["-1", "0", "1", "5", "1000"]),
-                  ell0=st.booleans())
+@hypothesis.given(
+    classes=st.sampled_from(["-1", "0", "3", "10"]),
+    size=st.sampled_from(["0", "8", "16"]),
+    mean=NARGS_NUMBER_TEXT,
+    std=NARGS_NUMBER_TEXT,
+    ell0_max=st.sampled_from(["-1", "0", "1", "5", "1000"]),
+    ell0=st.booleans(),
+)
 def test_random_convert_options_write_a_finite_checkpoint_or_fail_cleanly(world, capsys, classes, size, mean, std,
                                                                          ell0_max, ell0):
     from ccfast.checkpoint import load_checkpoint

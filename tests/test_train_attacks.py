@@ -13,8 +13,8 @@ from ccfast.objectives import loss_fake_ref, loss_real_ref, realness_score_ref
 from ccfast.pgd import pgd_l2
 from ccfast.training.attacks import attack_fake, attack_pair, attack_real, paired_keep_going, random_start
 from ccfast.training.config import TrainConfig
-
-from factories import random_batch, tiny_eval_model as _tiny_eval_model
+from factories import random_batch
+from factories import tiny_eval_model as _tiny_eval_model
 
 ATOL = 1e-6  # same ops in the same order on CPU; a hair of slack for BLAS scheduling
 
@@ -114,7 +114,9 @@ def test_paired_early_stop_compares_with_the_attacked_real_image_of_the_same_ind
     out = attack_pair(model, xr, cr, xg, cg, cfg, fake_steps=10)
 
     torch.testing.assert_close(out.score_real, torch.tensor(targets), rtol=0, atol=1e-4)
-    torch.testing.assert_close(out.score_real, realness_score_ref(model(out.real.images), cr).detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        out.score_real, realness_score_ref(model(out.real.images), cr).detach(), rtol=0, atol=1e-6
+    )
     assert out.fake.steps_taken.tolist() == expected_steps
     assert out.fake.stopped_early.tolist() == [True, True, True, False]
     assert torch.equal(out.fake.images[0], xg[0])  # beaten before the first step: untouched, bit for bit

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ccfast.errors import CCFastError
-from ccfast.training.datasets import (AugmentDraw, BatchStream, augment, load_labelled, rank_slice, split_holdout)
+from ccfast.training.datasets import AugmentDraw, BatchStream, augment, load_labelled, rank_slice, split_holdout
 
 
 def _images(n, size=4, seed=0):

@@ -36,7 +36,9 @@ def _hand_terms(realness):
         "ce_real": mean([_lse(r) - r[c] for r, c in zip(LOGITS_REAL, LABELS_REAL, strict=True)]),
         "ce_fake": mean([_lse(r) - r[c] for r, c in zip(LOGITS_FAKE, LABELS_FAKE, strict=True)]),
         "bce_real": mean([_softplus(-score(r, c)) for r, c in zip(LOGITS_REAL, LABELS_REAL, strict=True)]),  # −log σ(s)
-        "bce_fake": mean([_softplus(score(r, c)) for r, c in zip(LOGITS_FAKE, LABELS_FAKE, strict=True)]),  # −log(1 − σ(s))
+        "bce_fake": mean(
+            [_softplus(score(r, c)) for r, c in zip(LOGITS_FAKE, LABELS_FAKE, strict=True)]
+        ),  # −log(1 − σ(s))
     }
 
 

@@ -23,8 +23,8 @@ from ccfast.train import build_parser, config_from_args, main
 from ccfast.training.attacks import attack_real, random_start
 from ccfast.training.config import MODE_DEFAULTS, TrainConfig
 from ccfast.training.loop import GENERATED_EVAL_KEYS, GENERATED_METRIC_KEYS, METRIC_KEYS, Trainer
-
-from factories import random_batch, tiny_eval_model as _tiny_eval_model
+from factories import random_batch
+from factories import tiny_eval_model as _tiny_eval_model
 
 ATOL = 1e-6  # attack: same ops in the same order as the reference loop on CPU
 FAST = ["--arch", "tiny", "--batch-size", "4", "--real-steps", "2", "--lr", "1e-3", "--log-every", "1", "--quiet",
@@ -41,8 +41,12 @@ def data(tmp_path):
         np.savez(tmp_path / name, **{keys[0]: images, keys[1]: rng.integers(0, 4, n).astype(np.int64)})
         return str(tmp_path / name)
 
-    return {"real": write("real.npz", 20), "held": write("held.npz", 6), "fake": write("fake.npz", 8, ("arr_0", "arr_1")),
-            "tmp": tmp_path}
+    return {
+        "real": write("real.npz", 20),
+        "held": write("held.npz", 6),
+        "fake": write("fake.npz", 8, ("arr_0", "arr_1")),
+        "tmp": tmp_path,
+    }
 
 
 def _robust_args(data, out, *extra):
@@ -120,7 +124,13 @@ def test_mode_defaults_and_explicit_flags_win(data):
     with_bce = parse("--mode", "robust-classifier", "--w-real", "0.5", "--real-attack", "realness")
     assert (with_bce.w_real, with_bce.real_attack, with_bce.w_fake) == (0.5, "realness", 0)
     joint = parse("--fake", "f.npz")  # no --mode: the joint model of SPEC §3, unchanged
-    assert (joint.mode, joint.real_attack, joint.w_real, joint.w_fake, joint.w_ce_fake) == ("joint", "realness", 1, 1, 1)
+    assert (joint.mode, joint.real_attack, joint.w_real, joint.w_fake, joint.w_ce_fake) == (
+        "joint",
+        "realness",
+        1,
+        1,
+        1,
+    )
     assert parse("--fake", "f.npz", "--real-attack", "ce").real_attack == "ce"  # joint model, Madry-style real attack
 
 

@@ -23,8 +23,27 @@ from ccfast.training.loop import METRIC_KEYS, Trainer
 from ccfast.training.model_init import build_initial_model
 
 # A tiny net on 8×8 images with short attacks; the attack schedule grows every 2 iterations up to 3 steps.
-FAST = ["--arch", "tiny", "--batch-size", "4", "--real-steps", "2", "--fake-steps-start", "2", "--fake-steps-every", "2",
-        "--fake-steps-max", "3", "--lr", "1e-3", "--log-every", "1", "--quiet", "--device", "cpu"]
+FAST = [
+    "--arch",
+    "tiny",
+    "--batch-size",
+    "4",
+    "--real-steps",
+    "2",
+    "--fake-steps-start",
+    "2",
+    "--fake-steps-every",
+    "2",
+    "--fake-steps-max",
+    "3",
+    "--lr",
+    "1e-3",
+    "--log-every",
+    "1",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 TIMING = ("sec_per_iter", "images_per_s")
 
 
@@ -47,7 +66,18 @@ def data(tmp_path):
 
 
 def _args(data, out, *extra):
-    return ["--real", data["real"], "--fake", data["fake"], "--ell0-data", data["held"], "--out", str(out), *FAST, *extra]
+    return [
+        "--real",
+        data["real"],
+        "--fake",
+        data["fake"],
+        "--ell0-data",
+        data["held"],
+        "--out",
+        str(out),
+        *FAST,
+        *extra,
+    ]
 
 
 def _metrics(run):
@@ -59,7 +89,17 @@ def _state(run):
 
 
 def test_resume_continues_exactly(data):
-    extra = ["--augment", "crop-flip", "--real-random-start", "--ckpt-every", "3", "--lr-milestones", "4", "--lr-gamma", "0.5"]
+    extra = [
+        "--augment",
+        "crop-flip",
+        "--real-random-start",
+        "--ckpt-every",
+        "3",
+        "--lr-milestones",
+        "4",
+        "--lr-gamma",
+        "0.5",
+    ]
     straight, split = data["tmp"] / "straight", data["tmp"] / "split"
     assert main(_args(data, straight, "--iters", "6", *extra)) == 0
     assert main(_args(data, split, "--iters", "3", *extra)) == 0
@@ -205,7 +245,9 @@ def test_bad_input_is_refused_before_any_training_step(data, capsys):
     for name, (override, message) in _bad_inputs(data).items():
         out = data["tmp"] / name.replace(" ", "_")
         args = _args(data, out, "--iters", "1")
-        for flag, value in zip(override[::2], override[1::2], strict=True):  # later flags win, except list flags: replace them
+        for flag, value in zip(
+            override[::2], override[1::2], strict=True
+        ):  # later flags win, except list flags: replace them
             if flag in ("--real", "--fake"):
                 i = args.index(flag)
                 args[i + 1] = value

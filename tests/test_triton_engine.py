@@ -19,19 +19,19 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton` of the kernels
 pytest.importorskip("triton", reason="the triton engine needs `pip install 'ccfast[triton]'`")
 
-from ccfast.kernels.pgd_step import interpreted
+from ccfast.config import RefineConfig  # noqa: E402
+from ccfast.errors import CCFastError  # noqa: E402
+from ccfast.kernels.pgd_step import interpreted  # noqa: E402
+from ccfast.models import build_model  # noqa: E402
+from ccfast.objectives import HeadParams, objective_ref  # noqa: E402
+from ccfast.refine.base import ResolvedScalars  # noqa: E402
+from ccfast.refine.torch_engine import TorchEngine  # noqa: E402
+from ccfast.refine.triton_engine import TritonEngine  # noqa: E402
+from factories import randomize_batchnorm  # noqa: E402
 
-from ccfast.config import RefineConfig
-from ccfast.errors import CCFastError
-from ccfast.models import build_model
-from ccfast.objectives import HeadParams, objective_ref
-from ccfast.refine.base import ResolvedScalars
-from ccfast.refine.torch_engine import TorchEngine
-from ccfast.refine.triton_engine import TritonEngine
-
-from factories import randomize_batchnorm
-
-needs_gpu = pytest.mark.skipif(not CUDA, reason="CUDA graphs and the compiled engine need a CUDA GPU (the loop logic is tested on CPU)")
+needs_gpu = pytest.mark.skipif(
+    not CUDA, reason="CUDA graphs and the compiled engine need a CUDA GPU (the loop logic is tested on CPU)"
+)
 if not CUDA and not interpreted():
     pytest.skip("no CUDA GPU and the kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
 
@@ -149,15 +149,16 @@ def test_batch_smaller_than_min_bucket_and_reuse(fp32_exact):
 
 def test_refiner_runs_the_triton_engine(tiny_ckpt, fp32_exact):
     """Through the public API, with engine options as the CLI passes them (strings)."""
-    from factories import make_samples
-
     import ccfast
+    from factories import make_samples
 
     images, labels = make_samples(n=6)
     config = RefineConfig(steps=3, alpha=0.2, tau=1.0, ell0=1.0)
     options = {"dtype": "fp32", "compile": "0", "graphs": "1" if CUDA else "0"}
     ref = ccfast.Refiner(tiny_ckpt, engine="torch", config=config, device=DEVICE, batch_size=4).refine(images, labels)
-    out = ccfast.Refiner(tiny_ckpt, engine="triton", config=config, device=DEVICE, batch_size=4, **options).refine(images, labels)
+    out = ccfast.Refiner(tiny_ckpt, engine="triton", config=config, device=DEVICE, batch_size=4, **options).refine(
+        images, labels
+    )
     assert torch.equal(out.steps, ref.steps) and torch.equal(out.stopped, ref.stopped)
     torch.testing.assert_close(out.images, ref.images, rtol=0, atol=1e-4)
 
@@ -212,7 +213,11 @@ def test_fp32_graphs_match_reference(fp32_exact, arch, size, compile_, compact_e
 @pytest.mark.gpu
 def test_fp32_graphs_odd_batches_and_objectives(fp32_exact):
     model = _model()
-    for B, objective, realness, eps in ((1, "eq12", "logit", 1.0), (3, "ce", "logsumexp", None), (17, "ce-bce", "logit", 0.5)):
+    for B, objective, realness, eps in (
+        (1, "eq12", "logit", 1.0),
+        (3, "ce", "logsumexp", None),
+        (17, "ce-bce", "logit", 0.5),
+    ):
         x0, labels, idx = _batch(B, 32, seed=B)
         config = RefineConfig(steps=5, alpha=0.2, eps=eps, early_stop="none")
         _, out, ref = _run_both(model, config, _scalars(None, objective, realness, ell0=1.5), x0, labels, idx,
@@ -232,8 +237,14 @@ class _Bf16Autocast(torch.nn.Module):
             return self.model(x).float()
 
 
-BF16_CASES = [("cifar_resnet20", 32, 64, {"compile": "0", "graphs": "1"}), ("cifar_resnet20", 32, 64, {"compile": "1", "graphs": "1"})] \
-    if CUDA else [("tiny", 16, 8, {"compile": "0", "graphs": "0"})]
+BF16_CASES = (
+    [
+        ("cifar_resnet20", 32, 64, {"compile": "0", "graphs": "1"}),
+        ("cifar_resnet20", 32, 64, {"compile": "1", "graphs": "1"}),
+    ]
+    if CUDA
+    else [("tiny", 16, 8, {"compile": "0", "graphs": "0"})]
+)
 
 
 @pytest.mark.parametrize("arch,size,B,opts", BF16_CASES, ids=lambda v: str(v))

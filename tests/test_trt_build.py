@@ -15,10 +15,9 @@ import torch
 
 pytest.importorskip("onnx", reason="onnx not installed (pip install 'ccfast[onnx]')")
 
-from export_cases import ARCH_CASES, checkpoint, graph  # noqa: E402
-
 from ccfast.errors import CCFastError  # noqa: E402
 from ccfast.onnx_export.tensorrt_build import check_plan, import_tensorrt  # noqa: E402
+from export_cases import ARCH_CASES, checkpoint, graph  # noqa: E402
 
 
 def _tensorrt_or_skip():
@@ -31,7 +30,9 @@ def _tensorrt_or_skip():
 BUCKETS = [1, 16, 256]
 
 
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a == "resnet50" else a for a in ARCH_CASES])
+@pytest.mark.parametrize(
+    "arch", [pytest.param(a, marks=pytest.mark.slow) if a == "resnet50" else a for a in ARCH_CASES]
+)
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_every_graph_parses_and_builds_a_plan(arch, dtype, tmp_path):
     from ccfast.onnx_export.tensorrt_build import build_plan
@@ -56,10 +57,9 @@ def test_every_graph_parses_and_builds_a_plan(arch, dtype, tmp_path):
 def test_alternative_graph_layouts_parse_and_build(tmp_path):
     """The measured alternatives of `GraphLayout` (padded first convolution, interleave max-pool scatter) stay
     TensorRT-parsable too, in fp16 and fp32."""
-    from export_cases import loaded
-
     from ccfast.onnx_export.build import GraphLayout, export_step_graph
     from ccfast.onnx_export.tensorrt_build import build_plan
+    from export_cases import loaded
 
     _tensorrt_or_skip()
     model, info = loaded("tiny")
@@ -122,7 +122,12 @@ def test_export_cli_writes_graph_and_plan(tmp_path, capsys):
 
 
 def test_check_plan_refuses_what_cannot_run():
-    side = {"runtime": "tensorrt_rtx", "runtime_version": "1.7.1.116", "weights_sha256": "abc", "compute_capabilities": ["SM86"]}
+    side = {
+        "runtime": "tensorrt_rtx",
+        "runtime_version": "1.7.1.116",
+        "weights_sha256": "abc",
+        "compute_capabilities": ["SM86"],
+    }
     ok = dict(plan_path="p.plan", runtime="tensorrt_rtx", runtime_version="1.7.1.116", device_cc=(8, 6),
               supported_ccs=[(8, 0), (8, 6), (8, 9)], weights_sha256="abc")
     check_plan(side, **ok)
@@ -150,13 +155,12 @@ def test_trt_engine_explains_why_it_cannot_run_here():
 
 @pytest.mark.gpu
 def test_trt_engine_matches_torch_engine(tmp_path):
-    from export_cases import ReluMargins, assert_matches, batch
-    from test_ort_engine import realness_split
-
     from ccfast.config import RefineConfig
     from ccfast.onnx_export.tensorrt_build import build_plan
     from ccfast.refine import Refiner
     from ccfast.refine.trt_engine import TrtEngine
+    from export_cases import ReluMargins, assert_matches, batch
+    from test_ort_engine import realness_split
 
     status = TrtEngine.availability()
     if status != "ok":

@@ -32,8 +32,8 @@ def classifier_accuracy(checkpoint, images: np.ndarray, labels: np.ndarray, devi
     for i in range(0, n_r, batch_size):
         x0 = uint8_to_float(images[i:min(n_r, i + batch_size)]).to(device)
         y = y_all[i:i + len(x0)].to(device)
-        x_adv, _ = pgd_l2(lambda x: cross_entropy_ref(model(x), y), x0, ROBUST_STEPS, 2.5 * ROBUST_EPS / ROBUST_STEPS,
-                          ROBUST_EPS, ascend=True)
+        x_adv, _ = pgd_l2(lambda x, y=y: cross_entropy_ref(model(x), y), x0, ROBUST_STEPS,
+                          2.5 * ROBUST_EPS / ROBUST_STEPS, ROBUST_EPS, ascend=True)
         with torch.no_grad():
             robust_correct += int((model(x_adv).argmax(1) == y).sum())
     return {"test_accuracy": correct / len(images), "test_images": len(images),

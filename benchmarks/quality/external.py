@@ -22,7 +22,6 @@ from ccfast.io_utils import write_json_atomic
 
 from .stages import REPO_ROOT, StagePaused
 
-
 # Set by the orchestrator: CPU threads for the child processes in smoke mode (None: their default), and its
 # deadline (a time.monotonic() value), at which a running child is stopped; its CLI resumes on the next call.
 CHILD_THREADS: int | None = None
@@ -52,7 +51,9 @@ def run_cli(module: str, args: list, log=print) -> float:
     try:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise StagePaused(f"{module} stopped at the deadline; its finished work is kept and the next run resumes it") from None
+        raise StagePaused(
+            f"{module} stopped at the deadline; its finished work is kept and the next run resumes it"
+        ) from None
     if proc.returncode != 0:
         raise CCFastError(f"{module} failed with exit code {proc.returncode}; the command was:\n  {shlex.join(cmd)}")
     return time.perf_counter() - start
@@ -88,8 +89,26 @@ def train_classifier(run_dir: Path, real: list[Path], fake: list[Path], arch: st
                      quiet: bool, log=print, num_classes: int = 10) -> dict:
     """One `ccfast.train` run to completion (resuming a run started with the same config); returns its facts."""
     resumable = claim(run_dir, config_key) and (run_dir / "state.pt").exists()
-    args = ["--real", *real, *(["--fake", *fake] if fake else []), "--arch", arch, "--num-classes", num_classes, "--out", run_dir,
-            "--iters", iters, "--batch-size", batch_size, "--ckpt-every", ckpt_every, "--device", device, *flags]
+    args = [
+        "--real",
+        *real,
+        *(["--fake", *fake] if fake else []),
+        "--arch",
+        arch,
+        "--num-classes",
+        num_classes,
+        "--out",
+        run_dir,
+        "--iters",
+        iters,
+        "--batch-size",
+        batch_size,
+        "--ckpt-every",
+        ckpt_every,
+        "--device",
+        device,
+        *flags,
+    ]
     if init is not None:
         args += ["--init", init]
     if quiet:

@@ -133,7 +133,9 @@ class LaneRunner:
                 elif rc == EXIT_PAUSED:
                     self.paused = True
                 else:
-                    self.failed = f"lane {index} ({step.stages}) failed; see {self.out_dir / 'logs' / f'lane{index}.log'}"
+                    self.failed = (
+                        f"lane {index} ({step.stages}) failed; see {self.out_dir / 'logs' / f'lane{index}.log'}"
+                    )
                 self.cond.notify_all()
             if rc != 0:
                 return

@@ -82,7 +82,9 @@ def unpack_dir(stage: Path, out_dir: Path, log=print) -> tuple[list[str], list[s
         payload = b"".join((stage / p).read_bytes() for p in m["parts"])
         data = lzma.decompress(payload, format=lzma.FORMAT_XZ) if m["codec"] == "npz-delta-xz" else payload
         if _sha256(data) != m["sha256"]:
-            raise CCFastError(f"{m['dest']}: sha256 of the unpacked bytes does not match its manifest (a damaged part?)")
+            raise CCFastError(
+                f"{m['dest']}: sha256 of the unpacked bytes does not match its manifest (a damaged part?)"
+            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(dest, suffix=dest.suffix) as tmp:
             Path(tmp).write_bytes(data)
@@ -92,8 +94,12 @@ def unpack_dir(stage: Path, out_dir: Path, log=print) -> tuple[list[str], list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     pk = sub.add_parser("pack", help="compress and split files for upload")
     pk.add_argument("items", nargs="+", help="FILE=DEST_FOLDER/ (or FILE=DEST_PATH): what to pack and where it goes")
@@ -117,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                 if dest.endswith("/"):
                     dest += src.name
                 m = pack_item(src, dest, args.out, int(args.part_mb * 1e6))
-                print(f"{src} -> {', '.join(m['parts'])}: {m['original_bytes'] / 1e6:.1f} -> {m['packed_bytes'] / 1e6:.1f} MB")
+                print(
+                    f"{src} -> {', '.join(m['parts'])}: {m['original_bytes'] / 1e6:.1f} -> "
+                    f"{m['packed_bytes'] / 1e6:.1f} MB"
+                )
             return 0
         ready, waiting = unpack_dir(args.stage, args.out)
         for w in waiting:

@@ -46,8 +46,7 @@ from ccfast.io_utils import write_json_atomic  # noqa: E402
 from . import external, stages  # noqa: E402
 from .plan import sample_name  # noqa: E402
 from .report import BUDGET_LABELS  # noqa: E402
-from .run import (Suite, default_workers, log, parse_float_list, parse_int_list, parse_stages,  # noqa: E402
-                  run_until_paused)
+from .run import Suite, default_workers, log, parse_float_list, parse_int_list, parse_stages, run_until_paused  # noqa: E402
 from .stages import Stage, StageRunner  # noqa: E402
 from .suite_config import SuiteConfig  # noqa: E402
 

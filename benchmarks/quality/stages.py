@@ -180,5 +180,6 @@ class StageRunner:
 
 
 def _jsonable(obj):
-    """The object as JSON would give it back (tuples -> lists, keys -> str), so stored and fresh configs compare equal."""
+    """The object as JSON would give it back (tuples -> lists, keys -> str), so stored and fresh configs compare
+    equal."""
     return json.loads(json.dumps(obj, default=str))

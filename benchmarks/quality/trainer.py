@@ -25,10 +25,16 @@ from ccfast.config_json import JsonConfig
 from ccfast.errors import CCFastError
 from ccfast.io_utils import atomic_path
 
-from .act import (ACTConfig, Discriminator, act_generator_objective, discriminator_loss, generator_adv_loss,
-                  r1_penalty)
-from .consistency import (ConsistencyModel, ICTConfig, NoiseSchedule, ema_decay, ict_loss, ict_num_scales,
-                          images_to_model_space)
+from .act import ACTConfig, Discriminator, act_generator_objective, discriminator_loss, generator_adv_loss, r1_penalty
+from .consistency import (
+    ConsistencyModel,
+    ICTConfig,
+    NoiseSchedule,
+    ema_decay,
+    ict_loss,
+    ict_num_scales,
+    images_to_model_space,
+)
 from .stages import StagePaused
 from .unet import UNetConfig, count_parameters
 
@@ -134,7 +140,10 @@ def train_generator(run: GeneratorRun, images: np.ndarray, labels: np.ndarray, o
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
             k, total_iters, already = state["k"], state["total_iters"], state["elapsed_s"]
             ct_scale, calibration, history = state["ct_scale"], state["calibration"], state["history"]
-            print(f"[{run.name}] resuming at iteration {k} of {total_iters} ({already / 60:.1f} min spent)", file=sys.stderr)
+            print(
+                f"[{run.name}] resuming at iteration {k} of {total_iters} ({already / 60:.1f} min spent)",
+                file=sys.stderr,
+            )
         else:
             print(f"[{run.name}] {state_path} is from another configuration; starting afresh", file=sys.stderr)
 
@@ -204,7 +213,9 @@ def train_generator(run: GeneratorRun, images: np.ndarray, labels: np.ndarray, o
             ct_scale = ct.detach().clone() if ct_scale is None else torch.as_tensor(ct_scale, device=device).lerp(
                 ct.detach(), 1.0 - run.act.ct_scale_momentum)
             disc.requires_grad_(False)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.ict.mixed_precision and device.type == "cuda"):
+            with torch.autocast(
+                device.type, dtype=torch.bfloat16, enabled=run.ict.mixed_precision and device.type == "cuda"
+            ):
                 g_adv = generator_adv_loss(disc(out.prediction, out.sigma, y0))
             loss = act_generator_objective(ct, ct_scale, g_adv, run.act.gan_weight)
             if record is not None:
@@ -216,7 +227,7 @@ def train_generator(run: GeneratorRun, images: np.ndarray, labels: np.ndarray, o
         with torch.no_grad():
             beta = ema_decay(k, total_iters or run.iters or 1000, run.ict.ema_halflife_frac)
             torch._foreach_lerp_(list(ema.net.parameters()), list(model.net.parameters()), 1.0 - beta)
-            for b_ema, b in zip(ema.net.buffers(), model.net.buffers()):
+            for b_ema, b in zip(ema.net.buffers(), model.net.buffers(), strict=False):
                 b_ema.copy_(b)
 
         if disc is not None:
@@ -224,7 +235,9 @@ def train_generator(run: GeneratorRun, images: np.ndarray, labels: np.ndarray, o
             real, real_labels = draw_batch()
             r1_step = k % run.act.r1_interval == 0 and run.act.r1_gamma > 0
             real.requires_grad_(r1_step)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.ict.mixed_precision and device.type == "cuda"):
+            with torch.autocast(
+                device.type, dtype=torch.bfloat16, enabled=run.ict.mixed_precision and device.type == "cuda"
+            ):
                 d_real = disc(real, out.sigma, real_labels)
                 d_fake = disc(out.prediction.detach(), out.sigma, y0)
             d_loss = discriminator_loss(d_fake, d_real)
@@ -252,7 +265,9 @@ def train_generator(run: GeneratorRun, images: np.ndarray, labels: np.ndarray, o
             _sync(device)
             save_state()
             bar.close()
-            raise StagePaused(f"[{run.name}] paused at iteration {k} of {total_iters or '?'} (deadline); state in {state_path}")
+            raise StagePaused(
+                f"[{run.name}] paused at iteration {k} of {total_iters or '?'} (deadline); state in {state_path}"
+            )
         if budget.elapsed > budget_s * OVERRUN_FACTOR and run.iters is None:
             truncated = True
             print(f"[{run.name}] stopping at iteration {k} of {total_iters}: over budget", file=sys.stderr)

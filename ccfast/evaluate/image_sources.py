@@ -232,7 +232,9 @@ def _open_folder(path: Path, role: str) -> ImageSource:
             "resize them beforehand with the method your baseline used"
         )
     if len(modes) > 1:
-        raise CCFastError(f"{role} {path}: images of mixed channel layouts (PIL modes): {listing(modes)}; convert all to RGB")
+        raise CCFastError(
+            f"{role} {path}: images of mixed channel layouts (PIL modes): {listing(modes)}; convert all to RGB"
+        )
     mode = next(iter(modes))
     if mode != "RGB":
         raise CCFastError(f"{role} {path}: images are PIL mode {mode!r}, not RGB; convert them to 3-channel RGB")

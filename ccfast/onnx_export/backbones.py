@@ -11,8 +11,18 @@ import torch.nn as nn
 
 from ..errors import CCFastError
 from ..models import Bottleneck, CifarBasicBlock, CifarResNet, ImageNetResNet, LambdaShortcut, TinyNet
-from .layers import (ConvBN, GlobalAvgPoolFlatten, Identity, Layer, Linear, MaxPool, ReLU, Residual, Sequential,
-                     SubsamplePadShortcut)
+from .layers import (
+    ConvBN,
+    GlobalAvgPoolFlatten,
+    Identity,
+    Layer,
+    Linear,
+    MaxPool,
+    ReLU,
+    Residual,
+    Sequential,
+    SubsamplePadShortcut,
+)
 
 SUPPORTED = {TinyNet: "tiny", CifarResNet: "cifar_resnet20..110", ImageNetResNet: "resnet50, wide_resnet50_2"}
 
@@ -30,8 +40,10 @@ class _Walk:
     def expect(self, module, kind, where: str):
         if not isinstance(module, kind):
             names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise CCFastError(f"cannot export layer {where} of type {type(module).__name__}: the exporter expects {names} "
-                              "there (it writes forward and gradient only for the layers of ccfast's backbones)")
+            raise CCFastError(
+                f"cannot export layer {where} of type {type(module).__name__}: the exporter expects {names} "
+                "there (it writes forward and gradient only for the layers of ccfast's backbones)"
+            )
         self.mark(module)
         return module
 
@@ -94,7 +106,11 @@ def _cifar(net: CifarResNet, w: _Walk) -> list[Layer]:
 
 
 def _imagenet(net: ImageNetResNet, w: _Walk) -> list[Layer]:
-    layers: list[Layer] = [w.conv_bn(net.conv1, net.bn1, "conv1"), w.relu(net.relu, "relu"), w.maxpool(net.maxpool, "maxpool")]
+    layers: list[Layer] = [
+        w.conv_bn(net.conv1, net.bn1, "conv1"),
+        w.relu(net.relu, "relu"),
+        w.maxpool(net.maxpool, "maxpool"),
+    ]
     for stage in ("layer1", "layer2", "layer3", "layer4"):
         seq = w.expect(getattr(net, stage), nn.Sequential, stage)
         for i, block in enumerate(seq):
@@ -111,7 +127,9 @@ def _imagenet(net: ImageNetResNet, w: _Walk) -> list[Layer]:
             else:
                 ds = w.expect(block.downsample, nn.Sequential, f"{where}.downsample")
                 if len(ds) != 2:
-                    raise CCFastError(f"cannot export {where}.downsample: expected (Conv2d, BatchNorm2d), got {len(ds)} layers")
+                    raise CCFastError(
+                        f"cannot export {where}.downsample: expected (Conv2d, BatchNorm2d), got {len(ds)} layers"
+                    )
                 shortcut = w.conv_bn(ds[0], ds[1], f"{where}.downsample")
             layers.append(Residual(branch, shortcut, where))
     return layers + w.head(net.avgpool, net.fc, "head")

@@ -62,7 +62,9 @@ def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", me
     if dtype not in COMPUTE_DTYPES:
         raise CCFastError(f"unknown dtype {dtype!r} for the step graph; choose one of {', '.join(COMPUTE_DTYPES)}")
     if model.training:
-        raise CCFastError("the model is in training mode; BatchNorm folding needs eval-mode statistics (call model.eval())")
+        raise CCFastError(
+            "the model is in training mode; BatchNorm folding needs eval-mode statistics (call model.eval())"
+        )
     cdt = COMPUTE_DTYPES[dtype]
     H, W = (int(s) for s in image_size)
     layout = layout or GraphLayout()
@@ -84,7 +86,9 @@ def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", me
     J, realness, g_logits = emit_head(gb, logits, "labels", param)
     active_next = emit_early_stop(gb, "active", realness, param)
     if cdt != np.float32:
-        amax = gb.op("ReduceMax", [gb.op("Abs", [g_logits.name], "grad_logits_abs")], "grad_logits_amax", axes=[1], keepdims=1)
+        amax = gb.op(
+            "ReduceMax", [gb.op("Abs", [g_logits.name], "grad_logits_abs")], "grad_logits_amax", axes=[1], keepdims=1
+        )
         tiny = gb.const(np.finfo(np.float32).tiny, np.float32, "tiny32")
         seed = gb.op("Div", [g_logits.name, gb.op("Max", [amax, tiny], "grad_logits_amax_floored")], "grad_logits_unit")
         g_logits = Tensor(seed, np.float32, g_logits.shape)
@@ -133,7 +137,9 @@ def read_graph_metadata(path) -> dict[str, str]:
     onnx = require("onnx", "onnx", "reading a step graph")
     path = Path(path)
     if not path.exists():
-        raise CCFastError(f"{path}: no such ONNX file; write one with `python -m ccfast.export --checkpoint CKPT --onnx {path}`")
+        raise CCFastError(
+            f"{path}: no such ONNX file; write one with `python -m ccfast.export --checkpoint CKPT --onnx {path}`"
+        )
     try:
         meta = graph_metadata(onnx.load(str(path), load_external_data=False))
     except Exception as exc:

@@ -71,14 +71,38 @@ def emit_head(gb: GraphBuilder, logits: Tensor, labels: str, param) -> tuple[str
     one_minus_r = gb.op("Sub", [one, r], "one_minus_r")
     s = gb.op("Add", [gb.op("Mul", [r, zc], "s_logit"), gb.op("Mul", [one_minus_r, lse], "s_lse")], "score")
     # softplus(s) = max(s, 0) + log(1 + e^−|s|): finite for any s (log(1 + e^s) overflows past s ≈ 88).
-    tail = gb.op("Log", [gb.op("Add", [one, gb.op("Exp", [gb.op("Sub", [gb.const(0.0, f32, "zero32"), gb.op("Abs", [s], "abs_s")], "neg_abs_s")], "exp_neg_abs_s")], "one_plus")], "softplus_tail")
+    tail = gb.op(
+        "Log",
+        [
+            gb.op(
+                "Add",
+                [
+                    one,
+                    gb.op(
+                        "Exp",
+                        [gb.op("Sub", [gb.const(0.0, f32, "zero32"), gb.op("Abs", [s], "abs_s")], "neg_abs_s")],
+                        "exp_neg_abs_s",
+                    ),
+                ],
+                "one_plus",
+            )
+        ],
+        "softplus_tail",
+    )
     ell_fake = gb.op("Add", [gb.op("Relu", [s], "s_pos"), tail], "ell_fake")
     ce = gb.op("Sub", [lse, zc], "ce")
     dev = gb.op("Sub", [ell_fake, param("ell0")], "ell_dev")
     # J
     terms = [
         gb.op("Mul", [param("c_ce"), ce], "J_ce"),
-        gb.op("Mul", [gb.op("Mul", [gb.const(0.5, f32, "half"), param("c_sq")], "half_c_sq"), gb.op("Mul", [dev, dev], "ell_dev_sq")], "J_sq"),
+        gb.op(
+            "Mul",
+            [
+                gb.op("Mul", [gb.const(0.5, f32, "half"), param("c_sq")], "half_c_sq"),
+                gb.op("Mul", [dev, dev], "ell_dev_sq"),
+            ],
+            "J_sq",
+        ),
         gb.op("Mul", [param("c_fake"), ell_fake], "J_fake"),
         gb.op("Mul", [param("c_lse"), lse], "J_lse"),
         gb.op("Mul", [param("c_zc"), zc], "J_zc"),
@@ -93,7 +117,9 @@ def emit_head(gb: GraphBuilder, logits: Tensor, labels: str, param) -> tuple[str
     # Sigmoid (a fast approximation) returns 0 below s ≈ −18 and so would zero a whole gradient.
     sigma = gb.op("Exp", [gb.op("Sub", [s, ell_fake], "log_sigma_s")], "sigma_s")
     dfake = gb.op("Mul", [gb.op("Mul", [fake_weight, sigma], "fake_scale"), ds_dz], "g_fake")
-    g = gb.op("Add", [gb.op("Mul", [param("c_ce"), gb.op("Sub", [p, onehot], "p_minus_onehot")], "g_ce"), dfake], "g_partial")
+    g = gb.op(
+        "Add", [gb.op("Mul", [param("c_ce"), gb.op("Sub", [p, onehot], "p_minus_onehot")], "g_ce"), dfake], "g_partial"
+    )
     g = gb.op("Add", [g, gb.op("Mul", [param("c_lse"), p], "g_lse")], "g_partial")
     g = gb.op("Add", [g, gb.op("Mul", [param("c_zc"), onehot], "g_zc")], "grad_logits")
     J_vec = gb.op("Squeeze", [J, ax1], "J")

@@ -99,7 +99,10 @@ class ConvBN(Layer):
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"{where}: expected Conv2d, got {type(conv).__name__}")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"{where}: only explicit zero padding is exported (got padding={conv.padding!r}, mode={conv.padding_mode})")
+            raise ValueError(
+                f"{where}: only explicit zero padding is exported (got padding={conv.padding!r}, "
+                f"mode={conv.padding_mode})"
+            )
         w = conv.weight.detach().double().cpu()
         b = conv.bias.detach().double().cpu() if conv.bias is not None else w.new_zeros(w.shape[0])
         if bn is not None:
@@ -209,10 +212,17 @@ class MaxPool(Layer):
     def forward(self, gb, x):
         self.x = x
         C, H, W = x.shape
-        self.out_shape = (C, _out_size(H, self.k[0], self.s[0], self.p[0]), _out_size(W, self.k[1], self.s[1], self.p[1]))
+        self.out_shape = (
+            C,
+            _out_size(H, self.k[0], self.s[0], self.p[0]),
+            _out_size(W, self.k[1], self.s[1], self.p[1]),
+        )
         pads = [self.p[0], self.p[1], self.p[0], self.p[1]]
-        self.y = Tensor(gb.op("MaxPool", [x.name], self.where, kernel_shape=list(self.k), strides=list(self.s), pads=pads),
-                        x.dtype, self.out_shape)
+        self.y = Tensor(
+            gb.op("MaxPool", [x.name], self.where, kernel_shape=list(self.k), strides=list(self.s), pads=pads),
+            x.dtype,
+            self.out_shape,
+        )
         return self.y
 
     def _routed(self, gb, gy) -> dict[tuple[int, int], str]:
@@ -223,7 +233,11 @@ class MaxPool(Layer):
         # Padding holds the type's lowest finite value: it can never equal a window maximum, which is taken
         # over real inputs only (so, as in PyTorch, padding never receives gradient).
         lowest = gb.const(np.finfo(dt).min, dt, "lowest")
-        xp = gb.op("Pad", [self.x.name, gb.const([0, 0, ph, pw, 0, 0, ph, pw], np.int64, "pads"), lowest], f"{self.where}_padded")
+        xp = gb.op(
+            "Pad",
+            [self.x.name, gb.const([0, 0, ph, pw, 0, 0, ph, pw], np.int64, "pads"), lowest],
+            f"{self.where}_padded",
+        )
         zero = gb.const(0, dt, "zero")
         taken = None
         routed = {}
@@ -237,7 +251,11 @@ class MaxPool(Layer):
                 if taken is None:
                     first, taken = is_max, is_max
                 else:
-                    first = gb.op("And", [is_max, gb.op("Not", [taken], f"{self.where}_free{di}{dj}")], f"{self.where}_first{di}{dj}")
+                    first = gb.op(
+                        "And",
+                        [is_max, gb.op("Not", [taken], f"{self.where}_free{di}{dj}")],
+                        f"{self.where}_first{di}{dj}",
+                    )
                     taken = gb.op("Or", [taken, is_max], f"{self.where}_taken{di}{dj}")
                 routed[(di, dj)] = gb.op("Where", [first, gy.name, zero], f"{self.where}_grad{di}{dj}")
         return routed
@@ -255,7 +273,9 @@ class MaxPool(Layer):
         K = kh * kw
         unsqueezed = [gb.op("Unsqueeze", [g, gb.axes(2)], f"{g}_u") for g in routed.values()]
         stacked = gb.op("Concat", unsqueezed, f"{self.where}_routed", axis=2)  # (B, C, K, Ho, Wo), scan order
-        flat = gb.op("Reshape", [stacked, gb.const([-1, C * K, Ho, Wo], np.int64, "shape")], f"{self.where}_routed_flat")
+        flat = gb.op(
+            "Reshape", [stacked, gb.const([-1, C * K, Ho, Wo], np.int64, "shape")], f"{self.where}_routed_flat"
+        )
         onehot = np.zeros((C * K, 1, kh, kw), np.float32)
         for c in range(C):
             for k in range(K):
@@ -338,8 +358,11 @@ class SubsamplePadShortcut(Layer):
     def backward(self, gb, gy):
         C, H, W = self.in_shape
         _, h, w = self.out_shape
-        inner = gb.op("Slice", [gy.name, gb.const([self.pad], np.int64, "starts"), gb.const([self.pad + C], np.int64, "ends"),
-                                gb.axes(1)], f"grad_{self.where}_unpad")
+        inner = gb.op(
+            "Slice",
+            [gy.name, gb.const([self.pad], np.int64, "starts"), gb.const([self.pad + C], np.int64, "ends"), gb.axes(1)],
+            f"grad_{self.where}_unpad",
+        )
         ones = gb.weight(np.ones((C, 1, 1, 1), np.float32), f"{self.where}.scatter")
         gx = gb.op("ConvTranspose", [inner, ones], f"grad_{self.where}", kernel_shape=[1, 1], strides=[2, 2], group=C,
                    output_padding=[_output_padding(H, h, 1, 2, 0), _output_padding(W, w, 1, 2, 0)])
@@ -390,7 +413,9 @@ class Linear(Layer):
         if not isinstance(fc, nn.Linear):
             raise TypeError(f"{where}: expected Linear, got {type(fc).__name__}")
         self.w = fc.weight.detach().float().cpu().numpy()
-        self.b = fc.bias.detach().float().cpu().numpy() if fc.bias is not None else np.zeros(self.w.shape[0], np.float32)
+        self.b = (
+            fc.bias.detach().float().cpu().numpy() if fc.bias is not None else np.zeros(self.w.shape[0], np.float32)
+        )
         self.where = where
 
     def forward(self, gb, x):

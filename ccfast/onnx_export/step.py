@@ -36,8 +36,11 @@ def param_getter(gb: GraphBuilder, params: str):
     def get(name: str) -> str:
         if name not in cache:
             i = PARAM_SLOTS.index(name)
-            cache[name] = gb.op("Slice", [params, gb.const([i], np.int64, "starts"), gb.const([i + 1], np.int64, "ends"),
-                                          gb.axes(0)], f"param_{name}")
+            cache[name] = gb.op(
+                "Slice",
+                [params, gb.const([i], np.int64, "starts"), gb.const([i + 1], np.int64, "ends"), gb.axes(0)],
+                f"param_{name}",
+            )
         return cache[name]
 
     return get

@@ -59,7 +59,7 @@ def import_tensorrt(runtime: str | None = None):
 def rtx_compute_capabilities(trt) -> list[tuple[int, int]]:
     """Compute capabilities a TensorRT-RTX build can target, read from its `ComputeCapability` enum."""
     out = []
-    for name in getattr(trt, "ComputeCapability").__members__:
+    for name in trt.ComputeCapability.__members__:
         if name.startswith("SM") and name[2:].isdigit():
             digits = name[2:]
             out.append((int(digits[:-1]), int(digits[-1])))
@@ -97,15 +97,22 @@ def parse_onnx(trt, onnx_bytes: bytes, logger):
         errors = []
         for i in range(parser.num_errors):
             e = parser.get_error(i)
-            where = [str(f()) for f in (getattr(e, "node_name", None), getattr(e, "node_operator", None)) if f is not None]
+            where = [
+                str(f()) for f in (getattr(e, "node_name", None), getattr(e, "node_operator", None)) if f is not None
+            ]
             errors.append(f"node {e.node()} ({', '.join(where)}): {e.desc()} [{e.code()}]")
-        raise CCFastError("the TensorRT ONNX parser rejected the step graph:\n  " + "\n  ".join(errors or ["(no error recorded)"]))
+        raise CCFastError(
+            "the TensorRT ONNX parser rejected the step graph:\n  " + "\n  ".join(errors or ["(no error recorded)"])
+        )
     return builder, network, parser
 
 
 def network_io(trt, network) -> list[dict]:
     io = []
-    for kind, count, get in (("input", network.num_inputs, network.get_input), ("output", network.num_outputs, network.get_output)):
+    for kind, count, get in (
+        ("input", network.num_inputs, network.get_input),
+        ("output", network.num_outputs, network.get_output),
+    ):
         for i in range(count):
             t = get(i)
             io.append({"kind": kind, "name": t.name, "dtype": str(t.dtype).split(".")[-1], "shape": list(t.shape)})
@@ -142,13 +149,18 @@ def build_plan(onnx_path, plan_path, batch_buckets, *, runtime: str | None = Non
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     if compute_capabilities:
         if not hasattr(config, "set_compute_capability"):
-            raise CCFastError(f"{name} {trt.__version__} builds for the GPU it runs on; --trt-compute-capability is a TensorRT-RTX option")
+            raise CCFastError(
+                f"{name} {trt.__version__} builds for the GPU it runs on; --trt-compute-capability is a TensorRT-RTX "
+                "option"
+            )
         config.num_compute_capabilities = len(compute_capabilities)
         for i, cc in enumerate(compute_capabilities):
             key = cc.upper().replace(".", "")
             key = key if key.startswith("SM") or key == "CURRENT" else f"SM{key}"
             if key not in trt.ComputeCapability.__members__:
-                raise CCFastError(f"unknown compute capability {cc!r}; {name} knows {', '.join(trt.ComputeCapability.__members__)}")
+                raise CCFastError(
+                    f"unknown compute capability {cc!r}; {name} knows {', '.join(trt.ComputeCapability.__members__)}"
+                )
             config.set_compute_capability(trt.ComputeCapability.__members__[key], i)
     for b in buckets:
         profile = builder.create_optimization_profile()
@@ -169,7 +181,9 @@ def build_plan(onnx_path, plan_path, batch_buckets, *, runtime: str | None = Non
         config.set_timing_cache(cache, False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise CCFastError(f"TensorRT ({name} {trt.__version__}) failed to build a plan from {onnx_path}; see the errors logged above")
+        raise CCFastError(
+            f"TensorRT ({name} {trt.__version__}) failed to build a plan from {onnx_path}; see the errors logged above"
+        )
     build_s = time.perf_counter() - t0
     data = bytes(serialized)
     with atomic_path(plan_path) as tmp:
@@ -183,12 +197,22 @@ def build_plan(onnx_path, plan_path, batch_buckets, *, runtime: str | None = Non
 
     meta = graph_metadata(onnx.load(str(onnx_path), load_external_data=False))
     sidecar = {
-        "runtime": name, "runtime_version": str(trt.__version__), "buckets": buckets, "dtype": meta.get("dtype"),
-        "image_size": meta.get("image_size"), "num_classes": meta.get("num_classes"), "param_slots": meta.get("param_slots"),
-        "graph_format": meta.get("format"), "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "runtime": name,
+        "runtime_version": str(trt.__version__),
+        "buckets": buckets,
+        "dtype": meta.get("dtype"),
+        "image_size": meta.get("image_size"),
+        "num_classes": meta.get("num_classes"),
+        "param_slots": meta.get("param_slots"),
+        "graph_format": meta.get("format"),
+        "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         "weights_sha256": meta.get("weights_sha256"),
-        "compute_capabilities": list(compute_capabilities or []), "builder_optimization_level": int(opt_level),
-        "tf32": bool(tf32), "build_seconds": round(build_s, 3), "plan_bytes": len(data), "io": io,
+        "compute_capabilities": list(compute_capabilities or []),
+        "builder_optimization_level": int(opt_level),
+        "tf32": bool(tf32),
+        "build_seconds": round(build_s, 3),
+        "plan_bytes": len(data),
+        "io": io,
         "built_on_gpu": _gpu_name(),
     }
     write_json_atomic(str(plan_path) + ".json", sidecar)
@@ -222,15 +246,21 @@ def check_plan(sidecar: dict, plan_path, runtime: str, runtime_version: str, dev
     """Refuse a plan this process cannot run, saying why (before TensorRT fails with a terse message)."""
     rebuild = f"rebuild it with `python -m ccfast.export --onnx STEP.onnx --trt {plan_path}`"
     if sidecar.get("runtime") != runtime:
-        raise CCFastError(f"{plan_path} was built by {sidecar.get('runtime')} but this process runs {runtime}; {rebuild}")
+        raise CCFastError(
+            f"{plan_path} was built by {sidecar.get('runtime')} but this process runs {runtime}; {rebuild}"
+        )
     if sidecar.get("runtime_version") != runtime_version:
         raise CCFastError(f"{plan_path} was built by {runtime} {sidecar.get('runtime_version')}, installed is "
                           f"{runtime_version}; plans do not cross versions: {rebuild}")
     if weights_sha256 is not None and sidecar.get("weights_sha256") != weights_sha256:
         raise CCFastError(f"{plan_path} was built from other weights than this checkpoint's; {rebuild}")
     if device_cc is not None and supported_ccs is not None and device_cc not in supported_ccs:
-        raise CCFastError(f"{runtime} {runtime_version} does not run on compute capability {device_cc[0]}.{device_cc[1]} "
-                          f"(it supports {', '.join(f'{a}.{b}' for a, b in supported_ccs)}); use full TensorRT >= 10 on this GPU")
+        raise CCFastError(
+            f"{runtime} {runtime_version} does not run on compute capability {device_cc[0]}.{device_cc[1]} "
+            f"(it supports {', '.join(f'{a}.{b}' for a, b in supported_ccs)}); use full TensorRT >= 10 on this GPU"
+        )
     targets = sidecar.get("compute_capabilities") or []
     if device_cc is not None and targets and f"SM{device_cc[0]}{device_cc[1]}" not in [t.upper() for t in targets]:
-        raise CCFastError(f"{plan_path} targets {', '.join(targets)}, not this GPU's SM{device_cc[0]}{device_cc[1]}; {rebuild}")
+        raise CCFastError(
+            f"{plan_path} targets {', '.join(targets)}, not this GPU's SM{device_cc[0]}{device_cc[1]}; {rebuild}"
+        )

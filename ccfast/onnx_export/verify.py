@@ -29,9 +29,11 @@ class VerifyReport:
 
     def summary(self) -> str:
         worst = lambda i, f: f(r[i] for r in self.rows)  # noqa: E731
-        return (f"verify ({self.dtype}, {len(self.rows)} objectives): max|Δx| {worst(1, max):.2e}, min step cosine "
-                f"{worst(2, min):.6f}, max rel ΔJ {worst(3, max):.2e}, max rel Δℓ_fake {worst(4, max):.2e}, "
-                f"active masks {'equal' if all(r[5] for r in self.rows) else 'DIFFER'} -> {'ok' if self.ok else 'FAILED'}")
+        return (
+            f"verify ({self.dtype}, {len(self.rows)} objectives): max|Δx| {worst(1, max):.2e}, min step cosine "
+            f"{worst(2, min):.6f}, max rel ΔJ {worst(3, max):.2e}, max rel Δℓ_fake {worst(4, max):.2e}, "
+            f"active masks {'equal' if all(r[5] for r in self.rows) else 'DIFFER'} -> {'ok' if self.ok else 'FAILED'}"
+        )
 
 
 def reference_step(model, x, x0, labels, active, head: HeadParams, alpha, eps, tau):
@@ -66,7 +68,11 @@ def verify_graph(onnx_path, model, info, batch: int = 4, seed: int = 0) -> Verif
         scale = ref_J.abs().clamp_min(1.0)
         d_ref, d_out = (ref_x - x).flatten(1), (ox - x).flatten(1)
         moved = d_ref.norm(dim=1) > 0
-        cos = torch.nn.functional.cosine_similarity(d_ref[moved], d_out[moved], dim=1).min().item() if moved.any() else 1.0
+        cos = (
+            torch.nn.functional.cosine_similarity(d_ref[moved], d_out[moved], dim=1).min().item()
+            if moved.any()
+            else 1.0
+        )
         row = (objective, (ox - ref_x).abs().max().item(), cos, ((oJ - ref_J).abs() / scale).max().item(),
                ((orr - ref_r).abs() / ref_r.abs().clamp_min(1.0)).max().item(), bool((oact == ref_act).all()))
         report.rows.append(row)

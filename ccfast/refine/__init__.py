@@ -38,12 +38,18 @@ class EngineSpec:
 
 ENGINES: dict[str, EngineSpec] = {
     "torch": EngineSpec("ccfast.refine.torch_engine", "TorchEngine", "nothing beyond ccfast's core dependencies"),
-    "triton": EngineSpec("ccfast.refine.triton_engine", "TritonEngine", "a CUDA GPU and `pip install 'ccfast[triton]'`"),
-    "ort": EngineSpec("ccfast.refine.ort_engine", "OrtEngine", "`pip install 'ccfast[onnx]'` (onnxruntime-gpu for the CUDA provider)"),
+    "triton": EngineSpec(
+        "ccfast.refine.triton_engine", "TritonEngine", "a CUDA GPU and `pip install 'ccfast[triton]'`"
+    ),
+    "ort": EngineSpec(
+        "ccfast.refine.ort_engine", "OrtEngine", "`pip install 'ccfast[onnx]'` (onnxruntime-gpu for the CUDA provider)"
+    ),
     "trt": EngineSpec(
-        "ccfast.refine.trt_engine", "TrtEngine",
+        "ccfast.refine.trt_engine",
+        "TrtEngine",
         "TensorRT >= 10 (`pip install 'ccfast[trt]'`; Hopper and data-centre GPUs) or TensorRT for RTX "
-        "(`pip install 'ccfast[trt-rtx]'`; compute capability 8.x/12.x), and a plan built by `python -m ccfast.export --trt`",
+        "(`pip install 'ccfast[trt-rtx]'`; compute capability 8.x/12.x), and a plan built by `python -m "
+        "ccfast.export --trt`",
     ),
 }
 
@@ -142,7 +148,9 @@ class Refiner:
     def _prepare(self, images, labels):
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8:
-                raise CCFastError(f"numpy images must be uint8 NHWC, got {images.dtype}; pass float tensors as NCHW in [0, 1]")
+                raise CCFastError(
+                    f"numpy images must be uint8 NHWC, got {images.dtype}; pass float tensors as NCHW in [0, 1]"
+                )
             if images.ndim != 4 or images.shape[-1] != 3:
                 raise CCFastError(f"numpy images must be (N, H, W, 3), got shape {images.shape}")
             x = uint8_to_float(images)
@@ -160,9 +168,13 @@ class Refiner:
             )
         if labels is None:
             if self.config.labels != "argmax":
-                raise CCFastError("labels are required (the generator's labels); pass them, or use labels='argmax' (PL)")
+                raise CCFastError(
+                    "labels are required (the generator's labels); pass them, or use labels='argmax' (PL)"
+                )
         else:
-            labels = torch.as_tensor(validate_labels(np.asarray(torch.as_tensor(labels).cpu()), x.shape[0], self.info.num_classes, "labels"))
+            labels = torch.as_tensor(
+                validate_labels(np.asarray(torch.as_tensor(labels).cpu()), x.shape[0], self.info.num_classes, "labels")
+            )
         return x, labels
 
     @torch.no_grad()

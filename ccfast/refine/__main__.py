@@ -54,34 +54,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     io = p.add_argument_group("files")
-    io.add_argument("--checkpoint", required=True, help="ccfast inference checkpoint (from ccfast.train or ccfast.convert)")
+    io.add_argument(
+        "--checkpoint", required=True, help="ccfast inference checkpoint (from ccfast.train or ccfast.convert)"
+    )
     io.add_argument("--input", required=True, help="samples .npz: arr_0 uint8 NHWC + arr_1 labels, or images + labels")
     io.add_argument("--output", required=True, help="refined samples .npz, written in the input's layout")
     io.add_argument("--overwrite", action="store_true", help="replace an existing output and discard unfinished chunks")
-    io.add_argument("--save-float", action="store_true", help="also store the float32 refined images (key float_images, NHWC)")
+    io.add_argument(
+        "--save-float", action="store_true", help="also store the float32 refined images (key float_images, NHWC)"
+    )
 
     eng = p.add_argument_group("engine")
-    eng.add_argument("--engine", default="torch", choices=list(ENGINES), help="torch: fp32 reference (CPU or GPU); triton: fused "
-                     "kernels + CUDA graphs; ort: ONNX Runtime; trt: TensorRT (default: torch)")
+    eng.add_argument(
+        "--engine",
+        default="torch",
+        choices=list(ENGINES),
+        help="torch: fp32 reference (CPU or GPU); triton: fused "
+        "kernels + CUDA graphs; ort: ONNX Runtime; trt: TensorRT (default: torch)",
+    )
     eng.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                      help="engine-specific option, repeatable (e.g. onnx=step.onnx, plan=step.plan, dtype=bf16)")
     eng.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     eng.add_argument("--batch-size", type=int, default=256, help="images per chunk and per engine call (default 256)")
 
     m = p.add_argument_group("method (defaults from --preset)")
-    m.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="starting point for the options below (default paper)")
+    m.add_argument(
+        "--preset",
+        default="paper",
+        choices=sorted(PRESETS),
+        help="starting point for the options below (default paper)",
+    )
     m.add_argument("--method", choices=METHODS, help="pgd or sgld")
     m.add_argument("--objective", choices=OBJECTIVES, help="objective J minimised by PGD (eq12 = paper Eq. 12)")
     m.add_argument("--realness", choices=REALNESS, help="realness score: logit (f_c, paper) or logsumexp (JEM)")
     m.add_argument("--steps", type=int, help="step budget T")
     m.add_argument("--alpha", type=float, help="step size α (L2 length of each normalised step)")
-    m.add_argument("--eps", type=parse_optional_float, default=argparse.SUPPRESS, help="L2 radius ε around the input ('none': no projection)")
-    m.add_argument("--early-stop", choices=EARLY_STOP_RULES, help="realness: stop an image once ℓ_fake ≥ τ; none: always T steps")
+    m.add_argument(
+        "--eps",
+        type=parse_optional_float,
+        default=argparse.SUPPRESS,
+        help="L2 radius ε around the input ('none': no projection)",
+    )
+    m.add_argument(
+        "--early-stop", choices=EARLY_STOP_RULES, help="realness: stop an image once ℓ_fake ≥ τ; none: always T steps"
+    )
     m.add_argument("--tau", type=float, help="early-stop threshold τ (default: the checkpoint's ℓ0)")
     m.add_argument("--ell0", type=float, help="ℓ0 of Eq. 12 (default: the checkpoint's)")
     m.add_argument("--w-ce", type=float, help="weight of the cross-entropy term (default 1)")
     m.add_argument("--w-d", type=float, help="weight of the realness term (default 1)")
-    m.add_argument("--labels", choices=LABEL_SOURCES, help="given: the file's labels (GT); argmax: classifier's prediction (PL)")
+    m.add_argument(
+        "--labels", choices=LABEL_SOURCES, help="given: the file's labels (GT); argmax: classifier's prediction (PL)"
+    )
     m.add_argument("--sigma", type=float, help="SGLD noise scale σ")
     m.add_argument("--seed", type=int, help="seed for SGLD noise (per example, independent of batching)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -89,8 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> RefineConfig:
-    overrides = {k: getattr(args, k) for k in ("method", "objective", "realness", "steps", "alpha", "tau", "ell0", "w_ce",
-                                               "w_d", "labels", "sigma", "seed", "early_stop")}
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "method",
+            "objective",
+            "realness",
+            "steps",
+            "alpha",
+            "tau",
+            "ell0",
+            "w_ce",
+            "w_d",
+            "labels",
+            "sigma",
+            "seed",
+            "early_stop",
+        )
+    }
     cfg = RefineConfig.from_preset(args.preset, **overrides)
     if hasattr(args, "eps"):  # given on the command line ('none' is a value, so no None default)
         cfg = cfg.replace(eps=args.eps)
@@ -227,20 +266,39 @@ def _merge(partial, out, n_chunks, samples, args, config, refiner, manifest, tim
 
     steps = merged["steps"]
     summary = {
-        "n": int(len(steps)), "mean_steps": float(steps.mean()), "stopped_fraction": float(merged["stopped"].mean()),
+        "n": int(len(steps)),
+        "mean_steps": float(steps.mean()),
+        "stopped_fraction": float(merged["stopped"].mean()),
         "unchanged_fraction": float((steps == 0).mean()),
-        "mean_realness_init": float(merged["realness_init"].mean()), "mean_realness_final": float(merged["realness_final"].mean()),
+        "mean_realness_init": float(merged["realness_init"].mean()),
+        "mean_realness_final": float(merged["realness_final"].mean()),
     }
-    write_json_atomic(str(out) + ".json", {
-        "config": config.to_dict(), "tau": refiner.tau, "ell0": refiner.scalars.head.ell0,
-        "engine": args.engine, "device": str(refiner.device), "checkpoint": str(Path(args.checkpoint).resolve()),
-        "checkpoint_sha256": manifest["checkpoint_sha256"], "input": manifest["input"], "input_sha256": manifest["input_sha256"],
-        "batch_size": args.batch_size, "ccfast_version": __version__, "timings": timings, "summary": summary,
-    })
+    write_json_atomic(
+        str(out) + ".json",
+        {
+            "config": config.to_dict(),
+            "tau": refiner.tau,
+            "ell0": refiner.scalars.head.ell0,
+            "engine": args.engine,
+            "device": str(refiner.device),
+            "checkpoint": str(Path(args.checkpoint).resolve()),
+            "checkpoint_sha256": manifest["checkpoint_sha256"],
+            "input": manifest["input"],
+            "input_sha256": manifest["input_sha256"],
+            "batch_size": args.batch_size,
+            "ccfast_version": __version__,
+            "timings": timings,
+            "summary": summary,
+        },
+    )
     shutil.rmtree(partial)
-    print(f"wrote {out} ({summary['n']} images; mean steps {summary['mean_steps']:.2f}; "
-          f"early-stopped {100 * summary['stopped_fraction']:.1f}%; untouched {100 * summary['unchanged_fraction']:.1f}%; "
-          f"mean ℓ_fake {summary['mean_realness_init']:.4f} -> {summary['mean_realness_final']:.4f})", file=sys.stderr)
+    print(
+        f"wrote {out} ({summary['n']} images; mean steps {summary['mean_steps']:.2f}; "
+        f"early-stopped {100 * summary['stopped_fraction']:.1f}%; untouched "
+        f"{100 * summary['unchanged_fraction']:.1f}%; "
+        f"mean ℓ_fake {summary['mean_realness_init']:.4f} -> {summary['mean_realness_final']:.4f})",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

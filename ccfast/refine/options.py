@@ -2,9 +2,9 @@
 
 Each engine declares what it takes as `OPTIONS`, a dict of name -> `Option`; `parse_options` checks the
 keys and values it is given and returns every declared option's value (the given one, else the default).
-Values come as strings from the command line or as Python values from the API (where None means not given). An unknown key or a value
-of the wrong form is a one-line `CCFastError` naming the engine, the option and what it accepts (the CLI
-turns it into exit 2); nothing is guessed (`cuda_graph=yes2` is an error, not False).
+Values come as strings from the command line or as Python values from the API (where None means not given).
+An unknown key or a value of the wrong form is a one-line `CCFastError` naming the engine, the option and what it
+accepts (the CLI turns it into exit 2); nothing is guessed (`cuda_graph=yes2` is an error, not False).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class Option:
         if self.kind == "bool":
             return "0/1 (or true/false, yes/no, on/off)"
         if self.kind == "choice":
-            return ", ".join(self.choices[:-1]) + f" or {self.choices[-1]}" if len(self.choices) > 1 else self.choices[0]
+            return (
+                ", ".join(self.choices[:-1]) + f" or {self.choices[-1]}" if len(self.choices) > 1 else self.choices[0]
+            )
         if self.kind == "buckets":
             return "comma-separated positive integers" + (" or auto" if self.auto else "")
         if self.kind == "text":

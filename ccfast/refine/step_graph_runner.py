@@ -26,8 +26,19 @@ from ..onnx_export.head import head_coefficients
 from ..onnx_export.step import PARAM_SLOTS, params_vector
 from .base import RefineResult
 
-INPUT_DTYPES = {"x": torch.float32, "x0": torch.float32, "labels": torch.int32, "active": torch.bool, "params": torch.float32}
-OUTPUT_DTYPES = {"x_next": torch.float32, "active_next": torch.bool, "objective": torch.float32, "realness": torch.float32}
+INPUT_DTYPES = {
+    "x": torch.float32,
+    "x0": torch.float32,
+    "labels": torch.int32,
+    "active": torch.bool,
+    "params": torch.float32,
+}
+OUTPUT_DTYPES = {
+    "x_next": torch.float32,
+    "active_next": torch.bool,
+    "objective": torch.float32,
+    "realness": torch.float32,
+}
 NUMPY_DTYPES = {torch.float32: np.float32, torch.int32: np.int32, torch.bool: np.bool_, torch.int64: np.int64}
 
 

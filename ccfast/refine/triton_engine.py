@@ -233,7 +233,9 @@ class TritonEngine(Engine):
         net = net.to(self.device, memory_format=self._memory_format)
         if self.opts.cast_weights and half:
             # The backbone only: JointModel's normalisation (x − mean)/std stays fp32, as under plain autocast.
-            (net.backbone if isinstance(getattr(net, "backbone", None), torch.nn.Module) else net).to(self._autocast_dtype)
+            (net.backbone if isinstance(getattr(net, "backbone", None), torch.nn.Module) else net).to(
+                self._autocast_dtype
+            )
         return net.requires_grad_(False)
 
     @contextlib.contextmanager

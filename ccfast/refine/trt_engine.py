@@ -74,12 +74,18 @@ class TrtEngine(Engine):
         except CCFastError as exc:
             return str(exc)
         if not torch.cuda.is_available():
-            return f"{name} {trt.__version__} is installed, but no CUDA GPU is visible (TensorRT runs only on NVIDIA GPUs)"
+            return (
+                f"{name} {trt.__version__} is installed, but no CUDA GPU is visible (TensorRT runs only on NVIDIA GPUs)"
+            )
         cc = _device_cc(torch.device("cuda"))
         supported = _supported_ccs(trt, name)
         if supported is not None and cc not in supported:
-            return (f"{name} {trt.__version__} does not run on this GPU ({torch.cuda.get_device_name()}, compute capability "
-                    f"{cc[0]}.{cc[1]}; it supports {', '.join(f'{a}.{b}' for a, b in supported)}): install full TensorRT >= 10")
+            return (
+                f"{name} {trt.__version__} does not run on this GPU ({torch.cuda.get_device_name()}, compute "
+                "capability "
+                f"{cc[0]}.{cc[1]}; it supports {', '.join(f'{a}.{b}' for a, b in supported)}): install full TensorRT "
+                ">= 10"
+            )
         return "ok"
 
     def __init__(self, model, config, scalars, device, **given):
@@ -108,7 +114,9 @@ class TrtEngine(Engine):
 
     def _load(self, path: Path) -> None:
         if not path.exists():
-            raise CCFastError(f"{path}: no such plan; build one with `python -m ccfast.export --onnx STEP.onnx --trt {path}`")
+            raise CCFastError(
+                f"{path}: no such plan; build one with `python -m ccfast.export --onnx STEP.onnx --trt {path}`"
+            )
         t0 = time.perf_counter()
         sidecar = read_sidecar(path)
         check_plan(sidecar, path, self.runtime_name, str(self.trt.__version__), _device_cc(self.device),
@@ -118,7 +126,9 @@ class TrtEngine(Engine):
         if hasattr(runtime, "get_engine_validity"):
             validity, diagnostics = runtime.get_engine_validity(data)
             if validity == self.trt.EngineValidity.INVALID:
-                reasons = [n for n, v in self.trt.EngineInvalidityDiagnostics.__members__.items() if int(diagnostics) & int(v)]
+                reasons = [
+                    n for n, v in self.trt.EngineInvalidityDiagnostics.__members__.items() if int(diagnostics) & int(v)
+                ]
                 raise CCFastError(f"{path} cannot run on this system: {', '.join(reasons) or 'unknown reason'}")
         with torch.cuda.device(self.device):
             engine = runtime.deserialize_cuda_engine(data)
@@ -129,7 +139,9 @@ class TrtEngine(Engine):
             dtype = str(engine.get_tensor_dtype(name)).split(".")[-1]
             log.info("plan %s %s: %s %s", engine.get_tensor_mode(name), name, dtype, engine.get_tensor_shape(name))
             if EXPECTED_TRT_DTYPES.get(name) != dtype:
-                raise CCFastError(f"{path}: tensor {name} is {dtype}, expected {EXPECTED_TRT_DTYPES.get(name)}; export again")
+                raise CCFastError(
+                    f"{path}: tensor {name} is {dtype}, expected {EXPECTED_TRT_DTYPES.get(name)}; export again"
+                )
         self.runtime, self.engine, self.sidecar = runtime, engine, sidecar
         self._runtime_config = self._runtime_cache = None
         if hasattr(engine, "create_runtime_config"):  # TensorRT-RTX: keep the kernels it compiles at first run
@@ -149,7 +161,10 @@ class TrtEngine(Engine):
         fp = model_fingerprint(self.model)
         stem = f"step-{fp[:24]}-{self.dtype}-{image_hw[0]}x{image_hw[1]}"
         onnx_path = cache_dir() / f"{stem}.onnx"
-        plan = cache_dir() / f"{stem}-{self.runtime_name}-{self.trt.__version__}-b{'_'.join(map(str, self.build_buckets))}.plan"
+        plan = (
+            cache_dir()
+            / f"{stem}-{self.runtime_name}-{self.trt.__version__}-b{'_'.join(map(str, self.build_buckets))}.plan"
+        )
         if not plan.exists():
             t0 = time.perf_counter()
             if not onnx_path.exists():
@@ -172,7 +187,9 @@ class TrtEngine(Engine):
         bufs = StepBuffers.allocate(capacity, (3, *self.image_hw), self.params, self.device)
         ctx.set_optimization_profile_async(profile, self.stream.cuda_stream)
         for name, t in {**bufs.graph_inputs(), **bufs.graph_outputs()}.items():
-            if self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT and -1 in tuple(self.engine.get_tensor_shape(name)):
+            if self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT and -1 in tuple(
+                self.engine.get_tensor_shape(name)
+            ):
                 ctx.set_input_shape(name, tuple(t.shape))
             ctx.set_tensor_address(name, t.data_ptr())
 
@@ -182,7 +199,10 @@ class TrtEngine(Engine):
 
         graph = None
         with torch.cuda.stream(self.stream):
-            bufs.load(torch.zeros((1, 3, *self.image_hw), device=self.device), torch.zeros(1, dtype=torch.int64, device=self.device))
+            bufs.load(
+                torch.zeros((1, 3, *self.image_hw), device=self.device),
+                torch.zeros(1, dtype=torch.int64, device=self.device),
+            )
             run_step()  # TensorRT wants one enqueue before capture (deferred allocations, JIT kernels)
             self.stream.synchronize()
             capturable = getattr(ctx, "is_stream_capturable", None)
@@ -213,7 +233,10 @@ class TrtEngine(Engine):
         image_hw = (int(x0.shape[2]), int(x0.shape[3]))
         self._ensure_plan(image_hw)
         if image_hw != self.image_hw:
-            raise CCFastError(f"{self.plan_path} was built for {self.image_hw[0]}×{self.image_hw[1]} images, got {image_hw[0]}×{image_hw[1]}")
+            raise CCFastError(
+                f"{self.plan_path} was built for {self.image_hw[0]}×{self.image_hw[1]} images, got "
+                f"{image_hw[0]}×{image_hw[1]}"
+            )
         x0 = x0.to(self.device, torch.float32)
         labels = labels.to(self.device)
         default = torch.cuda.current_stream(self.device)

@@ -132,7 +132,9 @@ def attack_pair(model, x_real, labels_real, x_fake, labels_fake, cfg, fake_steps
     """SPEC §3.1–2 in order: attack the real images, score the *attacked* real images, then attack the generated
     images with generated image i paired with real image i (same batch index) for the early stop."""
     real = attack_real(model, x_real, labels_real, cfg, start=real_start, autocast=autocast)
-    score_real = realness_scores(model, real.images, labels_real, cfg.realness, autocast) if cfg.fake_early_stop else None
+    score_real = (
+        realness_scores(model, real.images, labels_real, cfg.realness, autocast) if cfg.fake_early_stop else None
+    )
     fake = attack_fake(model, x_fake, labels_fake, cfg, fake_steps, score_real, autocast=autocast)
     return PairedAttack(real=real, fake=fake, score_real=score_real)
 

@@ -137,9 +137,18 @@ def _load_imagenet_batch(path: Path, where: str) -> LabelledImages:
         else:
             with open(path, "rb") as fh:
                 batch = _ArrayUnpickler(fh, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, OSError, zipfile.BadZipFile, AttributeError, TypeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        OSError,
+        zipfile.BadZipFile,
+        AttributeError,
+        TypeError,
+    ) as exc:
         raise CCFastError(
-            f"{where}: not a readable image file (.npz, image folder or downsampled-ImageNet batch): {exc}") from exc
+            f"{where}: not a readable image file (.npz, image folder or downsampled-ImageNet batch): {exc}"
+        ) from exc
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise CCFastError(f"{where}: a downsampled-ImageNet batch needs 'data' and 'labels', found {keys}")
@@ -167,7 +176,9 @@ def _load_class_folders(root: Path, where: str) -> LabelledImages:
         files += found
         labels += [label] * len(found)
     if not files:
-        raise CCFastError(f"{where}: no image files ({', '.join(IMAGE_SUFFIXES)}) in its {len(class_dirs)} class folders")
+        raise CCFastError(
+            f"{where}: no image files ({', '.join(IMAGE_SUFFIXES)}) in its {len(class_dirs)} class folders"
+        )
     image_module = require("PIL.Image", "dev", "reading a folder of training images")
     decoded = []
     for f in files:

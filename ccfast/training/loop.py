@@ -37,12 +37,32 @@ from ..objectives import loss_fake_ref, realness_score_ref
 from ..validation import json_safe
 from .attacks import attack_pair, attack_real, random_start
 from .config import TrainConfig
-from .datasets import (BatchStream, LabelledImages, augment, crop_pad, draw_augmentation, load_labelled, rank_slice,
-                       split_holdout, to_device_float)
+from .datasets import (
+    BatchStream,
+    LabelledImages,
+    augment,
+    crop_pad,
+    draw_augmentation,
+    load_labelled,
+    rank_slice,
+    split_holdout,
+    to_device_float,
+)
 from .losses import TERM_NAMES, LossWeights, joint_loss
 from .model_init import build_initial_model
-from .state import (METRICS_FILE, MODEL_FILE, STATE_FILE, check_data_matches, check_resume_matches, clear_run_dir,
-                    load_training_state, read_run_record, save_training_state, truncate_metrics, write_run_record)
+from .state import (
+    METRICS_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    check_data_matches,
+    check_resume_matches,
+    clear_run_dir,
+    load_training_state,
+    read_run_record,
+    save_training_state,
+    truncate_metrics,
+    write_run_record,
+)
 
 # Averages logged per window. All are per-example means over the global batch; loss terms and the per-iteration
 # scalars (lr, grad_norm, budget) are weighted by batch size, which leaves them unchanged.
@@ -126,23 +146,34 @@ class Trainer:
             if images is None:
                 continue
             try:
-                validate_labels(images.all_labels(), len(images), self.num_classes, f"{role} images {', '.join(images.sources)}")
+                validate_labels(
+                    images.all_labels(), len(images), self.num_classes, f"{role} images {', '.join(images.sources)}"
+                )
             except CCFastError as exc:
                 raise CCFastError(f"{exc}{hint}") from None
             if images.image_size != self.real.image_size:
                 raise CCFastError(
-                    f"{role} images ({', '.join(images.sources)}) are {images.image_size[0]}×{images.image_size[1]} but the "
-                    f"real images are {self.real.image_size[0]}×{self.real.image_size[1]}; real and generated images must "
-                    "have one size")
+                    f"{role} images ({', '.join(images.sources)}) are {images.image_size[0]}×{images.image_size[1]} "
+                    "but the "
+                    f"real images are {self.real.image_size[0]}×{self.real.image_size[1]}; real and generated images "
+                    "must "
+                    "have one size"
+                )
         self.image_size = self.real.image_size
         self.data_summary = {
-            "real_train": len(self.real), "heldout": 0 if self.heldout is None else len(self.heldout),
-            "fake": 0 if self.fake is None else len(self.fake), "image_size": list(self.image_size), "num_classes": self.num_classes,
-            "real_fingerprint": data_fingerprint(self.real), "fake_fingerprint": data_fingerprint(self.fake),
+            "real_train": len(self.real),
+            "heldout": 0 if self.heldout is None else len(self.heldout),
+            "fake": 0 if self.fake is None else len(self.fake),
+            "image_size": list(self.image_size),
+            "num_classes": self.num_classes,
+            "real_fingerprint": data_fingerprint(self.real),
+            "fake_fingerprint": data_fingerprint(self.fake),
             "heldout_fingerprint": data_fingerprint(self.heldout),
         }
         self.real_stream = BatchStream(len(self.real), cfg.batch_size, cfg.seed, STREAM_REAL)
-        self.fake_stream = None if self.fake is None else BatchStream(len(self.fake), cfg.batch_size, cfg.seed, STREAM_FAKE)
+        self.fake_stream = (
+            None if self.fake is None else BatchStream(len(self.fake), cfg.batch_size, cfg.seed, STREAM_FAKE)
+        )
 
     def _check_run_dir(self, resume: bool, overwrite: bool) -> None:
         record = read_run_record(self.run_dir) if not overwrite else None
@@ -223,8 +254,12 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng,
-            "attack_schedule": {"fake_steps": self.cfg.fake_attack_steps(self.iteration), "start": self.cfg.fake_steps_start,
-                                "every": self.cfg.fake_steps_every, "max": self.cfg.fake_steps_max},
+            "attack_schedule": {
+                "fake_steps": self.cfg.fake_attack_steps(self.iteration),
+                "start": self.cfg.fake_steps_start,
+                "every": self.cfg.fake_steps_every,
+                "max": self.cfg.fake_steps_max,
+            },
             "config": self.cfg.to_dict(),
         }
 
@@ -373,14 +408,28 @@ class Trainer:
             result = self.evaluate()
             cfg = self.cfg
             info = CheckpointInfo(
-                arch=cfg.arch, num_classes=self.num_classes, image_size=self.image_size,
-                mean=tuple(self.net.mean.flatten().tolist()), std=tuple(self.net.std.flatten().tolist()),
-                ell0=result["ell0"], realness=cfg.realness, arch_kwargs=self.arch_kwargs,
-                meta={"trained_by": "ccfast.train", "mode": cfg.mode, "iteration": self.iteration, "ell0_n": result.get("ell0_n", 0),
-                      "train_config": cfg.to_dict(), "init": self.init_description})
+                arch=cfg.arch,
+                num_classes=self.num_classes,
+                image_size=self.image_size,
+                mean=tuple(self.net.mean.flatten().tolist()),
+                std=tuple(self.net.std.flatten().tolist()),
+                ell0=result["ell0"],
+                realness=cfg.realness,
+                arch_kwargs=self.arch_kwargs,
+                meta={
+                    "trained_by": "ccfast.train",
+                    "mode": cfg.mode,
+                    "iteration": self.iteration,
+                    "ell0_n": result.get("ell0_n", 0),
+                    "train_config": cfg.to_dict(),
+                    "init": self.init_description,
+                },
+            )
             # The training state goes last: it is what --resume trusts, and resuming drops later metric lines.
             self._append_metrics(result)
-            save_checkpoint(self.run_dir / MODEL_FILE, _plain_copy(self.net, cfg, self.num_classes, self.arch_kwargs), info)
+            save_checkpoint(
+                self.run_dir / MODEL_FILE, _plain_copy(self.net, cfg, self.num_classes, self.arch_kwargs), info
+            )
             save_training_state(self.run_dir / STATE_FILE, self.state_dict())
         self.ctx.barrier()
         return result
@@ -415,9 +464,13 @@ class Trainer:
                 self.log(f"ccfast.train: resuming {self.run_dir} at iteration {self.iteration}")
         if self.iteration >= cfg.iters:
             if self.ctx.is_main:
-                self.log(f"ccfast.train: {self.run_dir} is already at iteration {self.iteration} >= --iters {cfg.iters}")
+                self.log(
+                    f"ccfast.train: {self.run_dir} is already at iteration {self.iteration} >= --iters {cfg.iters}"
+                )
             return {"iteration": self.iteration}
-        if self.iteration == 0 and self.ctx.is_main:  # the starting point of every curve: ℓ0 and clean statistics at init
+        if (
+            self.iteration == 0 and self.ctx.is_main
+        ):  # the starting point of every curve: ℓ0 and clean statistics at init
             self._append_metrics(self.evaluate())
         bar = tqdm(total=cfg.iters, initial=self.iteration, unit="it", desc="train", file=sys.stderr,
                    disable=cfg.quiet or not self.ctx.is_main, dynamic_ncols=True)
@@ -475,7 +528,8 @@ class Trainer:
 
 
 def _plain_copy(net: torch.nn.Module, cfg: TrainConfig, num_classes: int, arch_kwargs: dict):
-    """A JointModel with plain BatchNorm holding `net`'s weights (SyncBatchNorm and channels_last are training details)."""
+    """A JointModel with plain BatchNorm holding `net`'s weights (SyncBatchNorm and channels_last are training
+    details)."""
     from ..models import build_model
 
     plain = build_model(cfg.arch, num_classes, **arch_kwargs)

@@ -11,8 +11,15 @@ import torch
 
 from ..checkpoint import FORMAT, read_checkpoint
 from ..errors import CCFastError
-from ..models import (HEAD_PREFIX, IMAGENET_MEAN, IMAGENET_STD, JointModel, build_model, load_backbone_weights,
-                      load_weights_file)
+from ..models import (
+    HEAD_PREFIX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    JointModel,
+    build_model,
+    load_backbone_weights,
+    load_weights_file,
+)
 
 
 @dataclass
@@ -58,8 +65,11 @@ def build_initial_model(arch: str, num_classes: int, init: str | None, fresh_hea
                 f"--init {init}: state dict does not fit {arch!r} (missing {missing[:3]}, unexpected {unexpected[:3]})")
         _set_norm(model, mean or info.mean, std or info.std)
         head_text = f"fresh head ({reason})" if reason else "head loaded"
-        return InitialModel(model, dict(info.arch_kwargs),
-                            f"{arch} from ccfast checkpoint {init} (trained ℓ0 {info.ell0}); {head_text}; {num_classes} classes")
+        return InitialModel(
+            model,
+            dict(info.arch_kwargs),
+            f"{arch} from ccfast checkpoint {init} (trained ℓ0 {info.ell0}); {head_text}; {num_classes} classes",
+        )
 
     model = build_model(arch, num_classes)
     head = _head_keys(model, arch)

@@ -39,7 +39,9 @@ def read_run_record(run_dir: str | Path) -> dict | None:
         record = json.loads(path.read_text())
         TrainConfig.from_dict(record["config"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CCFastError(f"{path}: unreadable run record ({exc}); pass --overwrite to start this run directory afresh") from exc
+        raise CCFastError(
+            f"{path}: unreadable run record ({exc}); pass --overwrite to start this run directory afresh"
+        ) from exc
     return record
 
 
@@ -50,7 +52,8 @@ def check_resume_matches(saved: TrainConfig, given: TrainConfig, run_dir) -> Non
         lines = "; ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
         raise CCFastError(
             f"{run_dir} was started with another configuration ({lines}). Resume with the original arguments "
-            f"(only {', '.join(sorted(RUN_CONTROL_FIELDS - {'out'}))} may change), or start a new run with another --out"
+            f"(only {', '.join(sorted(RUN_CONTROL_FIELDS - {'out'}))} may change), or start a new run with another "
+            "--out"
         )
 
 
@@ -58,14 +61,24 @@ def check_data_matches(saved: dict, now: dict, run_dir) -> None:
     diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now) if saved.get(k) != now.get(k)}
     if diff:
         lines = "; ".join(f"{k}: run had {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
-        raise CCFastError(f"{run_dir}: the training data changed since the run started ({lines}); cannot resume exactly")
+        raise CCFastError(
+            f"{run_dir}: the training data changed since the run started ({lines}); cannot resume exactly"
+        )
 
 
 def write_run_record(run_dir: str | Path, cfg: TrainConfig, data: dict, extra: dict) -> None:
     from .. import __version__
 
-    write_json_atomic(Path(run_dir) / CONFIG_FILE, {"config": cfg.to_dict(), "data": data, "ccfast_version": __version__,
-                                                    "torch_version": torch.__version__, **extra})
+    write_json_atomic(
+        Path(run_dir) / CONFIG_FILE,
+        {
+            "config": cfg.to_dict(),
+            "data": data,
+            "ccfast_version": __version__,
+            "torch_version": torch.__version__,
+            **extra,
+        },
+    )
 
 
 def save_training_state(path: str | Path, state: dict) -> None:
