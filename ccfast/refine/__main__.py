@@ -177,21 +177,20 @@ def _prepare_partial_dir(partial: Path, manifest: dict, overwrite: bool, ctx: Di
 FILE_ENGINE_OPTIONS = ("onnx", "plan")
 
 
-def check_arguments(args) -> tuple[RefineConfig, Path]:
-    """Every check that needs no model or data, before anything is loaded or written (issue #14)."""
+def check_arguments(args) -> tuple[RefineConfig, dict, Path]:
+    """Every check that needs no model or data, before anything is loaded or written (issue #14); returns the
+    config, the parsed engine options and the output path."""
     integer(args.batch_size, "--batch-size", at_least=1)
     config = config_from_args(args)
+    engine_options = parse_engine_options(args.engine_option)
     inputs = [("--input", args.input), ("--checkpoint", args.checkpoint)]
-    for item in args.engine_option:
-        key, _, value = item.partition("=")
-        if key.strip().replace("-", "_") in FILE_ENGINE_OPTIONS and value:
-            inputs.append((f"--engine-option {key.strip()}", value))
+    inputs += [(f"--engine-option {k}", v) for k, v in engine_options.items() if k in FILE_ENGINE_OPTIONS and v]
     out = output_path(args.output, "--output", inputs=inputs, overwrite=args.overwrite, suffix=".npz",
                       sidecars=(".json",))
     partial = out.with_name(out.name + ".partial")
     if partial.exists() and not partial.is_dir():
         raise CCFastError(f"--output {out}: {partial} is a file, where the run keeps its chunks; move it away")
-    return config, out
+    return config, engine_options, out
 
 
 def refine_file(args, ctx: DistContext) -> int:
@@ -200,11 +199,11 @@ def refine_file(args, ctx: DistContext) -> int:
     from . import Refiner
     from .base import STAT_FIELDS
 
-    config, out = check_arguments(args)
+    config, engine_options, out = check_arguments(args)
     device = resolve_device(args.device, ctx)
     t0 = time.perf_counter()
     refiner = Refiner(args.checkpoint, engine=args.engine, config=config, device=device, batch_size=args.batch_size,
-                      **parse_engine_options(args.engine_option))
+                      **engine_options)
     t_setup = time.perf_counter() - t0
     samples = load_samples(args.input, require_labels=config.labels == "given", num_classes=refiner.info.num_classes,
                            no_labels_hint="class-conditional refinement needs the generator's labels, or use "
