@@ -515,3 +515,23 @@ def test_pack_and_unpack_restore_files_exactly_part_by_part(tmp_path):
     (data / "models" / "w.pt").unlink()
     assert pack_main(["unpack", str(stage), "--out", str(data)]) != 0  # sha256 mismatch is an error, not a file
     assert not (data / "models" / "w.pt").exists()
+
+
+def test_generator_stages_start_before_the_test_set_has_arrived(tmp_path):
+    """The data reaches a device in parts: the suite must start on the training shards alone, and a stage that reads
+    the test set (classifier accuracy, FID) must then say which file is missing."""
+    from benchmarks.quality.run import Suite, build_parser, config_from_args
+    from ccfast.errors import CCFastError
+
+    cifar = tmp_path / "data" / "cifar10"
+    cifar.mkdir(parents=True)
+    images, labels = _images(8)
+    np.savez(cifar / "train_jpeg75_part0.npz", arr_0=images, arr_1=labels)
+    args = build_parser().parse_args(["--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"),
+                                      "--device", "cpu", "--quiet"])
+    suite = Suite(args, config_from_args(args))
+    assert suite.shards == [cifar / "train_jpeg75_part0.npz"]
+    with pytest.raises(CCFastError, match="test.npz.*missing"):
+        _ = suite.ref_file
+    np.savez(cifar / "test.npz", arr_0=images, arr_1=labels)
+    assert suite.ref_file == cifar / "test.npz"

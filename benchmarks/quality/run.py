@@ -291,17 +291,27 @@ class Suite:
         self.deadline = time.monotonic() + 60 * args.deadline_minutes if args.deadline_minutes is not None else None
         external.DEADLINE = self.deadline
         self.shards = realdata.train_shards(args.data_dir)
-        self.test_file = realdata.test_set(args.data_dir)
         self.inception = args.inception
         self.allow_unverified = False
         # What the stages read; smoke swaps in subsets (stage "data").
         self.real_files = list(self.shards)
-        self.ref_file = self.test_file
+        self._ref_file: Path | None = None
         self.generator_files: dict[str, Path] = {}
         self.sample_files: dict[str, Path] = {}
         self.classifier_files: dict[str, Path] = {}
 
     # ------------------------------------------------------------------ helpers
+
+    @property
+    def test_file(self) -> Path:
+        """The CIFAR-10 test set, looked up when a stage reads it (classifier accuracy, smoke subsets, FID), so the
+        generator stages can start before it has arrived on a machine that receives the data in parts."""
+        return realdata.test_set(self.args.data_dir)
+
+    @property
+    def ref_file(self) -> Path:
+        """The FID reference: the test set, or smoke's subset of it."""
+        return self._ref_file if self._ref_file is not None else self.test_file
 
     def path(self, *parts) -> Path:
         return self.out.joinpath(*parts)
@@ -336,13 +346,13 @@ class Suite:
                                        "test": self.runner.sha256(self.test_file), "real_limit": cfg.real_limit,
                                        "ref_limit": cfg.ref_limit, "standin_network": 1},
                               [real_path, ref_path, net_path], run))
-        self.real_files, self.ref_file = [real_path], ref_path
+        self.real_files, self._ref_file = [real_path], ref_path
         self.inception, self.allow_unverified = str(net_path), True
 
     def _use_smoke_data_if_present(self) -> None:
         if self.cfg.smoke and self.real_files == list(self.shards):
             real_path = self.need(self.path("smoke", "real.npz"), "data")
-            self.real_files, self.ref_file = [real_path], self.need(self.path("smoke", "ref.npz"), "data")
+            self.real_files, self._ref_file = [real_path], self.need(self.path("smoke", "ref.npz"), "data")
             self.inception, self.allow_unverified = str(self.need(self.path("smoke", "features.pt"), "data")), True
 
     def stage_generator(self, name: str, minutes: float | None = None) -> None:
