@@ -11,7 +11,9 @@ stopping off, one GPU, one process:
 2. Variants, each one change away from the engine's previous settings (fp32 graph, CUDA graph on, cuDNN
    exhaustive search, max workspace, NCHW, TF32 off, all graph optimisations), for the fp32 graph and the
    fp16 graphs (`onnx_export.build.GraphLayout`: first convolution padded to 8 input channels or not,
-   max-pool scatter "conv" or "interleave"). Each row: ms/step through the engine's loop (step_graph_runner.run_steps
+   max-pool scatter "conv" or "interleave", stride-1 convolutions' input gradients as ConvTranspose, the graph
+   as first written, or as Conv on flipped, transposed weights: the "dgrad-conv" rows, each beside the same
+   settings on the ConvTranspose graph). Each row: ms/step through the engine's loop (step_graph_runner.run_steps
    as the engine calls it, T steps + the final statistics call, / T), the step alone
    (run_with_iobinding repeated), set-up (session + first call: algorithm search, capture), and the error
    ‖x_T − x_ref‖ against the fp32 reference engine on the same GPU, beside plain PyTorch fp16's (the
@@ -57,13 +59,17 @@ from ccfast.refine.ort_session import OrtSettings, create_session  # noqa: E402
 from ccfast.refine.step_graph_runner import NUMPY_DTYPES, StepBuffers, collect, params_for, run_steps  # noqa: E402
 from ccfast.refine.torch_engine import TorchEngine  # noqa: E402
 
-# name: (dtype, layout)
+# name: (dtype, layout). Every layout but the "-dgc" ones pins dgrad="conv_transpose" (the graph as first written,
+# no longer the exporter's default), so those rows keep measuring what they measured before.
+OLD = GraphLayout(pad_channels=False, dgrad="conv_transpose")
 GRAPHS = {
-    "fp32": ("fp32", GraphLayout(pad_channels=False)),
-    "fp16": ("fp16", GraphLayout(pad_channels=False)),  # the fp16 graph as exported before this issue
-    "fp16-pad": ("fp16", GraphLayout(pad_channels=True)),
-    "fp16-pad-il": ("fp16", GraphLayout(pad_channels=True, maxpool_scatter="interleave")),
-    "fp32-il": ("fp32", GraphLayout(pad_channels=False, maxpool_scatter="interleave")),
+    "fp32": ("fp32", OLD),
+    "fp16": ("fp16", OLD),  # the fp16 graph as exported before this issue
+    "fp16-pad": ("fp16", replace(OLD, pad_channels=True)),
+    "fp16-pad-il": ("fp16", replace(OLD, pad_channels=True, maxpool_scatter="interleave")),
+    "fp32-il": ("fp32", replace(OLD, maxpool_scatter="interleave")),
+    "fp32-dgc": ("fp32", replace(OLD, dgrad="conv")),  # the exporter's default now
+    "fp16-dgc": ("fp16", replace(OLD, dgrad="conv")),
 }
 BASE = OrtSettings()  # the engine's settings before this issue
 NHWC = replace(BASE, prefer_nhwc=True)
@@ -78,19 +84,23 @@ class Variant:
 
 VARIANTS = [  # most informative first: a budget cut drops the tail
     Variant("fp32", "fp32", BASE),
-    Variant("fp16 (old graph)", "fp16", BASE),
+    Variant("fp32 dgrad-conv", "fp32-dgc", BASE),  # each dgrad-conv row: one change from the row before it
+    Variant("fp32 tf32", "fp32", replace(BASE, tf32=True)),
+    Variant("fp32 tf32 dgrad-conv", "fp32-dgc", replace(BASE, tf32=True)),
     Variant("fp16 heuristic", "fp16", replace(BASE, conv_algo="heuristic")),  # the engine's fp16 default now
+    Variant("fp16 heuristic dgrad-conv", "fp16-dgc", replace(BASE, conv_algo="heuristic")),
+    Variant("fp32 tf32 nhwc", "fp32", replace(NHWC, tf32=True)),
+    Variant("fp32 tf32 nhwc dgrad-conv", "fp32-dgc", replace(NHWC, tf32=True)),
+    Variant("fp16 (old graph)", "fp16", BASE),
     Variant("fp16 nhwc heuristic", "fp16", replace(NHWC, conv_algo="heuristic")),
     Variant("fp16+pad nhwc", "fp16-pad", NHWC),
     Variant("fp16 nhwc", "fp16", NHWC),
     Variant("fp16+pad", "fp16-pad", BASE),
     Variant("fp16+pad+il nhwc", "fp16-pad-il", NHWC),
-    Variant("fp32 tf32", "fp32", replace(BASE, tf32=True)),
     Variant("fp32 nhwc", "fp32", NHWC),
     Variant("fp32 no CUDA graph", "fp32", replace(BASE, cuda_graph=False)),
     Variant("fp16+pad nhwc heuristic", "fp16-pad", replace(NHWC, conv_algo="heuristic")),
     Variant("fp16+pad nhwc fuse_conv_bias", "fp16-pad", replace(NHWC, fuse_conv_bias=True)),
-    Variant("fp32 tf32 nhwc", "fp32", replace(NHWC, tf32=True)),
     Variant("fp32 heuristic", "fp32", replace(BASE, conv_algo="heuristic")),
     Variant("fp32 max workspace off", "fp32", replace(BASE, conv_max_workspace=False)),
     Variant("fp32 fuse_conv_bias", "fp32", replace(BASE, fuse_conv_bias=True)),
@@ -99,7 +109,7 @@ VARIANTS = [  # most informative first: a budget cut drops the tail
     Variant("fp32 algo default", "fp32", replace(BASE, conv_algo="default")),
     Variant("fp32+il", "fp32-il", BASE),
 ]
-PROFILES = [("fp32", BASE), ("fp16", replace(BASE, conv_algo="heuristic"))]
+PROFILES = [("fp32", BASE), ("fp32-dgc", BASE), ("fp16", replace(BASE, conv_algo="heuristic"))]
 
 FIELDS = ["variant", "graph", "batch", "ms_per_step", "image_steps_per_s", "step_only_ms", "setup_s", "err_vs_ref32",
           "err_torch_fp16", "err_ratio", "max_abs_dx", "notes"]

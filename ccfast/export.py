@@ -27,6 +27,8 @@ examples:
   # half-precision network (head and step stay fp32) and a TensorRT plan with profiles for 1, 16, 256 images
   python -m ccfast.export --checkpoint joint.pt --onnx step16.onnx --dtype fp16 --trt step16.plan \\
       --batch-buckets 1,16,256
+  # the graph as first written (every convolution's input gradient a ConvTranspose), to measure against
+  python -m ccfast.export --checkpoint joint.pt --onnx step-ct.onnx --dgrad conv_transpose
   # a plan from an existing graph, for TensorRT-RTX on an RTX 4090 (sm_89), built on any machine
   python -m ccfast.export --onnx step.onnx --trt step.plan --trt-runtime tensorrt_rtx --trt-compute-capability SM89
   # then refine with it
@@ -41,6 +43,9 @@ graph outputs: x_next (B,3,H,W) float32; active_next (B,) bool; objective, realn
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .onnx_export.build import GraphLayout
+    from .onnx_export.layers import ConvBN
+
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("step graph")
@@ -48,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--onnx", help="the step graph: written from --checkpoint, or read when only --trt is asked for")
     g.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"),
                    help="precision of the network inside the graph (head and step are always fp32; default fp32)")
+    g.add_argument("--dgrad", default=GraphLayout().dgrad, choices=ConvBN.DGRADS,
+                   help="input gradient of each stride-1 convolution: conv (a Conv on flipped, transposed weights; "
+                   "faster kernels under ONNX Runtime's CUDA provider) or conv_transpose (as strided ones always are); "
+                   f"default {GraphLayout().dgrad}")
     g.add_argument("--verify", action="store_true",
                    help="run the graph with ONNX Runtime (CPU) on random images and compare with the PyTorch reference")
     g.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -125,7 +134,7 @@ def check_arguments(args) -> None:
 
 def write_graph(args) -> Path:
     from .checkpoint import load_checkpoint
-    from .onnx_export.build import export_step_graph
+    from .onnx_export.build import GraphLayout, export_step_graph
 
     onnx_path = Path(args.onnx)
     model, info = load_checkpoint(args.checkpoint)
@@ -133,11 +142,11 @@ def write_graph(args) -> Path:
     _say(
         args,
         f"exporting the step graph of {info.arch} ({info.image_size[0]}×{info.image_size[1]}, {info.num_classes} "
-        f"classes, {args.dtype}) ...",
+        f"classes, {args.dtype}, dgrad {args.dgrad}) ...",
     )
     meta = export_step_graph(model, info.image_size, onnx_path, args.dtype,
                              {"arch": info.arch, "checkpoint": str(Path(args.checkpoint).resolve()),
-                              "batch_buckets": args.batch_buckets})
+                              "batch_buckets": args.batch_buckets}, GraphLayout(dgrad=args.dgrad))
     _say(args, f"wrote {onnx_path} ({onnx_path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - t0:.1f} s; "
                f"weights {meta['weights_sha256'][:12]})")
     if args.verify:

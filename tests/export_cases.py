@@ -18,6 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ccfast.onnx_export.build import GraphLayout
+from ccfast.onnx_export.layers import ConvBN
+
+DGRADS = ConvBN.DGRADS  # every way the graph writes convolution gradients; the graph tests run each
+DEFAULT_DGRAD = GraphLayout().dgrad
+
 ARCH_CASES = {  # arch: (image size, classes)
     "tiny": (16, 10),
     "cifar_resnet20": (32, 10),
@@ -66,33 +72,33 @@ def loaded(arch: str):
     return load_checkpoint(checkpoint(arch))
 
 
-def graph(arch: str, dtype: str = "fp32") -> Path:
-    return _graph(arch, dtype)  # one cache key whether dtype is passed or defaulted
+def graph(arch: str, dtype: str = "fp32", dgrad: str = DEFAULT_DGRAD) -> Path:
+    return _graph(arch, dtype, dgrad)  # one cache key whether the arguments are passed or defaulted
 
 
 @functools.lru_cache(maxsize=None)
-def _graph(arch: str, dtype: str) -> Path:
+def _graph(arch: str, dtype: str, dgrad: str) -> Path:
     from ccfast.onnx_export.build import export_step_graph
 
     model, info = loaded(arch)
-    path = workdir() / f"{arch}-{dtype}.onnx"
-    export_step_graph(model, info.image_size, path, dtype)
+    path = workdir() / f"{arch}-{dtype}-{dgrad}.onnx"
+    export_step_graph(model, info.image_size, path, dtype, layout=GraphLayout(dgrad=dgrad))
     return path
 
 
-def session(arch: str, dtype: str = "fp32"):
-    return _session(arch, dtype)
+def session(arch: str, dtype: str = "fp32", dgrad: str = DEFAULT_DGRAD):
+    return _session(arch, dtype, dgrad)
 
 
 @functools.lru_cache(maxsize=None)
-def _session(arch: str, dtype: str):
+def _session(arch: str, dtype: str, dgrad: str):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = 2  # CI's machine has 2 cores; spinning threads only steal from the reference
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(graph(arch, dtype)), sess_options=so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(graph(arch, dtype, dgrad)), sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def batch(arch: str, n: int, seed: int = 0, offset: float = 0.03):

@@ -70,6 +70,18 @@ def test_an_unknown_option_is_an_error_that_lists_the_known_ones(engine):
     assert all(name in str(err.value) for name in cls.OPTIONS)
 
 
+@pytest.mark.parametrize("engine", ["ort", "trt"])
+def test_step_graph_engines_take_the_exporters_dgrad_choice(engine):
+    """The engines that export their own graph offer the exporter's `GraphLayout.dgrad`, same values, same default."""
+    from ccfast.onnx_export.build import GraphLayout
+    from ccfast.onnx_export.layers import ConvBN
+
+    option = engine_class(engine).OPTIONS["dgrad"]
+    assert option.kind == "choice" and option.choices == ConvBN.DGRADS and option.default == GraphLayout().dgrad
+    with pytest.raises(CCFastError, match=r"option dgrad='fft': expected conv or conv_transpose"):
+        parse_options(engine, engine_class(engine).OPTIONS, {"dgrad": "fft"})
+
+
 def test_the_reference_engine_takes_no_options():
     with pytest.raises(CCFastError, match="engine 'torch' has no option foo; it takes no options"):
         TorchEngine(tiny_eval_model(), RefineConfig(steps=2), scalars(), torch.device("cpu"), foo="bar")

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'ccfast[onnx]')")
 
-from export_cases import checkpoint  # noqa: E402
+from export_cases import DGRADS, checkpoint  # noqa: E402
 
 
 def test_export_cli_without_tensorrt_work(tmp_path, capsys):
@@ -31,14 +31,19 @@ def test_export_cli_help_teaches(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for needle in ("--checkpoint", "--trt", "--batch-buckets", "examples:", "params (10,)", "--engine-option plan="):
+    for needle in ("--checkpoint", "--trt", "--batch-buckets", "examples:", "params (10,)", "--engine-option plan=",
+                   "--dgrad"):
         assert needle in text
 
 
-def test_export_cli_fp16_graph_verifies(tmp_path, capsys):
+@pytest.mark.parametrize("dgrad", DGRADS)
+def test_export_cli_fp16_graph_verifies(tmp_path, capsys, dgrad):
     from ccfast.export import main
+    from ccfast.onnx_export.build import read_graph_metadata
 
     out = tmp_path / "s16.onnx"
-    assert main(["--checkpoint", str(checkpoint("tiny")), "--onnx", str(out), "--dtype", "fp16", "--verify"]) == 0
+    assert main(["--checkpoint", str(checkpoint("tiny")), "--onnx", str(out), "--dtype", "fp16", "--dgrad", dgrad,
+                 "--verify"]) == 0
     err = capsys.readouterr().err
     assert "verify (fp16" in err and "-> ok" in err
+    assert read_graph_metadata(out)["dgrad"] == dgrad

@@ -1,7 +1,8 @@
 """Each layer's emitted forward and VJP against PyTorch autograd, alone, on shapes chosen to be awkward
 (odd sizes that make strided layers drop rows, ties inside max-pool windows), and the exporter's errors.
 
-Tolerance: 1e-5 absolute (single layers, values O(1)); max-pool routing must match exactly.
+Tolerance: 1e-5 absolute (single layers, values O(1)); max-pool routing must match exactly. Convolutions run
+every way their gradient is written (`ConvBN.DGRADS`).
 """
 
 from __future__ import annotations
@@ -50,11 +51,15 @@ def autograd_vjp(fn, x, gy):
     return y.detach(), gx
 
 
+@pytest.mark.parametrize("dgrad", ConvBN.DGRADS)
 @pytest.mark.parametrize("k,s,p,d,groups,size", [
     (3, 1, 1, 1, 1, 8), (3, 2, 1, 1, 1, 8), (3, 2, 1, 1, 1, 7), (1, 2, 0, 1, 1, 7), (1, 2, 0, 1, 1, 8),
     (7, 2, 3, 1, 1, 9), (7, 2, 3, 1, 1, 64), (3, 1, 2, 2, 1, 9), (3, 2, 1, 1, 2, 10), (5, 3, 1, 1, 1, 11),
+    # stride 1, for the dgrad Conv: 1×1, grouped, unpadded (its Conv pads by d·(k−1) − p = 4), odd sizes, and
+    # a 1×1 padded by 1 (a negative dgrad padding: it keeps the ConvTranspose)
+    (1, 1, 0, 1, 1, 7), (3, 1, 1, 1, 2, 9), (5, 1, 0, 1, 1, 9), (3, 1, 0, 2, 2, 11), (1, 1, 1, 1, 1, 5),
 ])
-def test_conv_bn_vjp_restores_the_input_shape(k, s, p, d, groups, size):
+def test_conv_bn_vjp_restores_the_input_shape(k, s, p, d, groups, size, dgrad):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, k, s, p, dilation=d, groups=groups, bias=True)
     bn = nn.BatchNorm2d(6)
@@ -65,7 +70,9 @@ def test_conv_bn_vjp_restores_the_input_shape(k, s, p, d, groups, size):
         bn.bias.uniform_(-0.5, 0.5)
     seq = nn.Sequential(conv, bn).eval()
     x = torch.randn(2, 4, size, size)
-    y_o, gx_o, gy = onnx_forward_and_vjp(ConvBN(conv, bn, "c"), x, lambda shape: torch.randn(shape))
+    layer = ConvBN(conv, bn, "c", dgrad)
+    y_o, gx_o, gy = onnx_forward_and_vjp(layer, x, lambda shape: torch.randn(shape))
+    assert layer.dgrad_is_conv == (dgrad == "conv" and s == 1 and p <= d * (k - 1))
     y_t, gx_t = autograd_vjp(seq, x, gy)
     assert y_o.shape == y_t.shape and gx_o.shape == x.shape
     assert (y_o - y_t).abs().max() <= 1e-5 and (gx_o - gx_t).abs().max() <= 1e-5
@@ -102,14 +109,41 @@ def test_interleave_scatter_refuses_stride_past_kernel():
         MaxPool(nn.MaxPool2d(2, 2), "pool", "gather")
 
 
+def test_dgrad_conv_equals_conv_transpose_for_rectangular_grouped_dilated_kernels():
+    """Conv(gy, W′, padding d·(k−1) − p) = ConvTranspose(gy, W) per axis, in float64 against PyTorch's own
+    conv_transpose2d, and through the emitted graph; an unknown dgrad is refused by the layer and the exporter."""
+    from ccfast.models import build_model
+    from ccfast.onnx_export.build import GraphLayout, build_step_model
+
+    torch.manual_seed(6)
+    conv = nn.Conv2d(4, 6, (3, 2), padding=(1, 0), dilation=(1, 2), groups=2, bias=False)
+    layer = ConvBN(conv, None, "c")
+    gy = torch.randn(2, 6, 7, 5, dtype=torch.float64)
+    got = torch.nn.functional.conv2d(gy, torch.from_numpy(layer.dgrad_weight()).double(), padding=(1, 2),
+                                     dilation=(1, 2), groups=2)
+    want = torch.nn.functional.conv_transpose2d(gy, conv.weight.detach().double(), padding=(1, 0), dilation=(1, 2),
+                                                groups=2)
+    assert got.shape == want.shape and (got - want).abs().max() <= 1e-12
+    x = torch.randn(2, 4, 9, 8)
+    _, gx_o, gy = onnx_forward_and_vjp(layer, x, lambda shape: torch.randn(shape))
+    assert layer.dgrad_is_conv
+    assert (gx_o - autograd_vjp(conv, x, gy)[1]).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="unknown convolution dgrad"):
+        ConvBN(conv, None, "c", "fft")
+    with pytest.raises(CCFastError, match="unknown convolution dgrad 'fft'"):
+        build_step_model(build_model("tiny", 10).eval(), (16, 16), layout=GraphLayout(dgrad="fft"))
+
+
+@pytest.mark.parametrize("dgrad", ConvBN.DGRADS)
+@pytest.mark.parametrize("stride", [2, 1])
 @pytest.mark.parametrize("c_in,multiple,padded", [(3, 8, True), (8, 8, False), (5, 4, True)])
-def test_conv_with_padded_input_channels_is_the_same_function(c_in, multiple, padded):
+def test_conv_with_padded_input_channels_is_the_same_function(c_in, multiple, padded, stride, dgrad):
     """Zero input channels (weights and input) change nothing: the same y and gx, of x's own shape."""
     torch.manual_seed(4)
-    conv = nn.Conv2d(c_in, 6, 7, 2, 3, bias=False)
+    conv = nn.Conv2d(c_in, 6, 7, stride, 3, bias=False)
     bn = nn.BatchNorm2d(6).eval()
     x = torch.randn(2, c_in, 13, 13)
-    layer = ConvBN(conv, bn, "stem")
+    layer = ConvBN(conv, bn, "stem", dgrad)
     assert layer.pad_input_channels(multiple) is padded
     assert layer.w.shape[1] % multiple == 0 and not layer.w[:, c_in:].any()
     y_o, gx_o, gy = onnx_forward_and_vjp(layer, x, lambda shape: torch.randn(shape))

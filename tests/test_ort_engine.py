@@ -20,7 +20,19 @@ from ccfast.config import RefineConfig  # noqa: E402
 from ccfast.errors import CCFastError  # noqa: E402
 from ccfast.objectives import OBJECTIVES, HeadParams, objective_ref  # noqa: E402
 from ccfast.refine import Refiner  # noqa: E402
-from export_cases import ARCH_CASES, ReluMargins, assert_matches, batch, checkpoint, graph, loaded, session, tau_between  # noqa: E402
+from export_cases import (  # noqa: E402
+    ARCH_CASES,
+    DEFAULT_DGRAD,
+    DGRADS,
+    ReluMargins,
+    assert_matches,
+    batch,
+    checkpoint,
+    graph,
+    loaded,
+    session,
+    tau_between,
+)
 
 # T per backbone (ResNet-50 on 2 CPU cores: fewer steps).
 STEPS = {"tiny": 4, "cifar_resnet20": 3, "resnet50": 2}
@@ -225,16 +237,21 @@ def test_loop_without_early_exit_equals_loop_with_it():
     assert (a.steps < config.steps).all()  # every example stopped early, so the no-check loop ran idle steps
 
 
-def test_exports_into_the_cache_when_no_graph_is_given(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dgrad", [None, *DGRADS])
+def test_exports_into_the_cache_when_no_graph_is_given(tmp_path, monkeypatch, dgrad):
     import tempfile
+
+    from ccfast.onnx_export.build import read_graph_metadata
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     config = RefineConfig.from_preset("paper", steps=2, ell0=1.0, early_stop="none")
     x0, _, labels = batch("tiny", 3)
-    refiner = Refiner(checkpoint("tiny"), engine="ort", config=config, device="cpu")
+    refiner = Refiner(checkpoint("tiny"), engine="ort", config=config, device="cpu", dgrad=dgrad)
     got = refiner.refine(x0, labels)
-    cached = list((tmp_path / "ccfast-step-graphs").glob("step-*-fp32-16x16.onnx"))
+    want_dgrad = dgrad or DEFAULT_DGRAD  # the option unset: the exporter's default
+    cached = list((tmp_path / "ccfast-step-graphs").glob(f"step-*-fp32-{want_dgrad}-16x16.onnx"))
     assert len(cached) == 1 and "export_s" in refiner.engine.timings()
+    assert read_graph_metadata(cached[0])["dgrad"] == want_dgrad
     want = Refiner(checkpoint("tiny"), engine="torch", config=config, device="cpu").refine(x0, labels)
     assert (got.images - want.images).abs().max() <= 1e-4
 

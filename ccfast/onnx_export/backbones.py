@@ -28,9 +28,10 @@ SUPPORTED = {TinyNet: "tiny", CifarResNet: "cifar_resnet20..110", ImageNetResNet
 
 
 class _Walk:
-    def __init__(self, maxpool_scatter: str):
+    def __init__(self, maxpool_scatter: str, dgrad: str):
         self.visited: set[int] = set()
         self.maxpool_scatter = maxpool_scatter
+        self.dgrad = dgrad
 
     def mark(self, *modules):
         for m in modules:
@@ -52,7 +53,7 @@ class _Walk:
         if bn is not None:
             self.expect(bn, nn.BatchNorm2d, f"{where}.bn")
         try:
-            return ConvBN(conv, bn, where)
+            return ConvBN(conv, bn, where, self.dgrad)
         except (TypeError, ValueError) as exc:
             raise CCFastError(f"cannot export {where}: {exc}") from exc
 
@@ -135,10 +136,11 @@ def _imagenet(net: ImageNetResNet, w: _Walk) -> list[Layer]:
     return layers + w.head(net.avgpool, net.fc, "head")
 
 
-def backbone_layers(backbone: nn.Module, maxpool_scatter: str = "conv") -> Sequential:
+def backbone_layers(backbone: nn.Module, maxpool_scatter: str = "conv", dgrad: str = "conv") -> Sequential:
     """The backbone as forward+VJP emitters; a `CCFastError` names any layer that cannot be exported.
-    `maxpool_scatter`: how max-pool gradients are scattered back (`layers.MaxPool`)."""
-    walk = _Walk(maxpool_scatter)
+    `maxpool_scatter`: how max-pool gradients are scattered back (`layers.MaxPool`); `dgrad`: how convolution
+    gradients are written (`layers.ConvBN`)."""
+    walk = _Walk(maxpool_scatter, dgrad)
     walk.mark(backbone)
     for cls, fn in ((TinyNet, _tiny), (CifarResNet, _cifar), (ImageNetResNet, _imagenet)):
         if type(backbone) is cls:

@@ -43,14 +43,19 @@ class GraphLayout:
     pad_channels     zero input channels of the first convolution up to a multiple of 8 (tensor-core kernels
                      want C % 8 == 0)
     maxpool_scatter  "conv" | "interleave": how max-pool gradients go back onto the input grid (layers.MaxPool)
+    dgrad            "conv" | "conv_transpose": the input gradient of each stride-1 convolution as a forward
+                     Conv on flipped, transposed weights, or as ConvTranspose like the strided ones (layers.ConvBN)
 
-    The defaults are the graph as first written. Both alternatives were measured under ONNX Runtime on an
-    H200 (benchmarks/ort_variants.py, docs/export.md) and were not faster there: ONNX Runtime's fp16
-    convolutions miss tensor cores anyway, and its NHWC Pad is slow.
+    pad_channels and maxpool_scatter default to the graph as first written: their alternatives were measured
+    under ONNX Runtime on an H200 (benchmarks/ort_variants.py, docs/export.md) and were not faster there (ONNX
+    Runtime's fp16 convolutions miss tensor cores anyway, and its NHWC Pad is slow). dgrad defaults to "conv":
+    the H200 profile put half of the fp32 step in ConvTranspose's cuDNN dgrad kernels, which a Conv avoids;
+    "conv_transpose" is the graph as first written, kept selectable to measure one against the other.
     """
 
     pad_channels: bool = False
     maxpool_scatter: str = "conv"
+    dgrad: str = "conv"
 
 
 def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", metadata: dict | None = None,
@@ -71,7 +76,9 @@ def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", me
     if layout.maxpool_scatter not in MaxPool.SCATTERS:
         raise CCFastError(f"unknown max-pool scatter {layout.maxpool_scatter!r}; "
                           f"choose one of {', '.join(MaxPool.SCATTERS)}")
-    layers = backbone_layers(model.backbone, layout.maxpool_scatter)
+    if layout.dgrad not in ConvBN.DGRADS:
+        raise CCFastError(f"unknown convolution dgrad {layout.dgrad!r}; choose one of {', '.join(ConvBN.DGRADS)}")
+    layers = backbone_layers(model.backbone, layout.maxpool_scatter, layout.dgrad)
     padded = layout.pad_channels and isinstance(layers.layers[0], ConvBN) and layers.layers[0].pad_input_channels(8)
     normalize = Normalize(model.mean.flatten().tolist(), model.std.flatten().tolist())
 
@@ -122,7 +129,7 @@ def build_step_model(model, image_size: tuple[int, int], dtype: str = "fp32", me
     onnx_model.ir_version = 8  # readable by every ONNX Runtime and TensorRT parser of the last three years
     meta = {"format": GRAPH_FORMAT, "dtype": dtype, "image_size": f"{H},{W}", "num_classes": str(logits.shape[0]),
             "param_slots": ",".join(PARAM_SLOTS), "first_conv_padded": str(int(bool(padded))),
-            "maxpool_scatter": layout.maxpool_scatter, **(metadata or {})}
+            "maxpool_scatter": layout.maxpool_scatter, "dgrad": layout.dgrad, **(metadata or {})}
     helper.set_model_props(onnx_model, {k: str(v) for k, v in meta.items()})
     onnx.checker.check_model(onnx_model, full_check=False)
     return onnx_model
@@ -154,6 +161,14 @@ def cache_dir() -> Path:
     import tempfile
 
     return Path(tempfile.gettempdir()) / "ccfast-step-graphs"
+
+
+def cache_stem(model, dtype: str, image_hw, layout: GraphLayout | None = None) -> str:
+    """The file name (without suffix) of a graph an engine exports into `cache_dir()`: the weights' fingerprint
+    and every export choice an engine option can make, so a cached graph is reused only where it is the one
+    asked for."""
+    layout = layout or GraphLayout()
+    return f"step-{model_fingerprint(model)[:24]}-{dtype}-{layout.dgrad}-{image_hw[0]}x{image_hw[1]}"
 
 
 def model_fingerprint(model) -> str:

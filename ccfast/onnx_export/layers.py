@@ -5,7 +5,9 @@
 (ONNX Runtime, TensorRT) compute ∇_x J (SPEC §4). The rules, for y = layer(x):
 
 - Conv (BatchNorm folded in):  gx = ConvTranspose(gy, W), same stride/padding/dilation/groups, with
-  `output_padding` = the rows and columns the strided forward dropped, so gx has x's exact shape.
+  `output_padding` = the rows and columns the strided forward dropped, so gx has x's exact shape. For a
+  stride-1 convolution the same sums are a forward Conv (`dgrad="conv"`): gx = Conv(gy, W′) with
+  W′ = W flipped in both spatial axes, its in/out channels swapped within each group, padding d·(k−1) − p.
 - ReLU:  gx = gy where y > 0 else 0 (PyTorch's threshold_backward: zero gradient at exactly 0).
 - MaxPool:  the gradient goes to the position of the window's maximum. PyTorch records the *first*
   maximum in the window's row-major scan (`val > maxval` is strict); without stored indices we rebuild
@@ -91,11 +93,24 @@ class Normalize(Layer):
 
 
 class ConvBN(Layer):
-    """Conv2d with an optional eval-mode BatchNorm2d folded in (W' = W·γ/√(var+eps), b' = (b − μ)·γ/√(var+eps) + β)."""
+    """Conv2d with an optional eval-mode BatchNorm2d folded in (W' = W·γ/√(var+eps), b' = (b − μ)·γ/√(var+eps) + β).
 
-    def __init__(self, conv, bn, where: str):
+    Its VJP (the data gradient, "dgrad") is written in one of two ways that compute the same sums:
+
+    - `dgrad="conv_transpose"`: ConvTranspose(gy, W) for every convolution.
+    - `dgrad="conv"`: a forward Conv on precomputed weights W′ (`dgrad_weight`) for each stride-1
+      convolution; strided ones keep the ConvTranspose. Under ONNX Runtime's CUDA provider ConvTranspose's cuDNN
+      dgrad kernels took 49 % of the fp32 step on an H200, nearly twice the forward convolutions' 28 % for the
+      same arithmetic (docs/export.md); a Conv runs cuDNN's forward kernels. W′ is a second initialiser (those
+      weights are stored twice) so that no runtime transposes or flips weights inside the step."""
+
+    DGRADS = ("conv", "conv_transpose")
+
+    def __init__(self, conv, bn, where: str, dgrad: str = "conv"):
         import torch.nn as nn
 
+        if dgrad not in self.DGRADS:
+            raise ValueError(f"{where}: unknown convolution dgrad {dgrad!r} (choose {', '.join(self.DGRADS)})")
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"{where}: expected Conv2d, got {type(conv).__name__}")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
@@ -123,13 +138,15 @@ class ConvBN(Layer):
         self.d = _pair(conv.dilation)
         self.groups = int(conv.groups)
         self.in_pad = 0
+        self.dgrad = dgrad
 
     def pad_input_channels(self, multiple: int) -> bool:
         """Give the convolution zero input channels up to a multiple of `multiple` (weights and input alike).
 
         The same function: the extra channels are zero on both sides. cuDNN's tensor-core kernels want C % 8
-        == 0; over 3 input channels the stem's input-gradient (its ConvTranspose) otherwise falls to a slow
-        kernel. Grouped convolutions are left alone. Returns whether padding was added."""
+        == 0; over 3 input channels the stem's input-gradient (its ConvTranspose, or its dgrad Conv, whose output
+        channels these are) otherwise falls to a slow kernel. Grouped convolutions are left alone. Returns
+        whether padding was added."""
         c_in = self.w.shape[1]
         if self.groups != 1 or c_in % multiple == 0:
             return False
@@ -157,12 +174,40 @@ class ConvBN(Layer):
         self.out_shape = (self.w.shape[0], Ho, Wo)
         return Tensor(y, x.dtype, self.out_shape)
 
+    @property
+    def dgrad_is_conv(self) -> bool:
+        """Whether the VJP is emitted as a forward Conv: asked for, stride 1, and a padding d·(k−1) − p ≥ 0
+        (a convolution padded by more than its reach would need a negative one; none of ccfast's has)."""
+        return self.dgrad == "conv" and self.s == (1, 1) and all(
+            p <= d * (k - 1) for k, p, d in zip(self.k, self.p, self.d, strict=True))
+
+    def dgrad_weight(self) -> np.ndarray:
+        """W′ (C_in, C_out/groups, kh, kw): for stride 1, Conv(gy, W′, padding d·(k−1) − p) = ConvTranspose(gy, W).
+
+        ConvTranspose sums gy[o, h − i·d + p, …]·W[o, c, i, j] over o and the kernel; re-indexing the kernel
+        from its far end (the flip) turns that into a forward convolution whose input channels are the forward's
+        output channels (the transpose, group by group: group j of W′ maps group j's outputs back to its inputs).
+        Computed once from the folded fp32 weights (a permutation, so rounding to fp16 afterwards gives W′ the
+        same values as W)."""
+        g = self.groups
+        c_out, c_in_g, kh, kw = self.w.shape
+        w = self.w.reshape(g, c_out // g, c_in_g, kh, kw).transpose(0, 2, 1, 3, 4)
+        w = w.reshape(g * c_in_g, c_out // g, kh, kw)
+        return np.ascontiguousarray(w[:, :, ::-1, ::-1])
+
     def backward(self, gb, gy):
         _, H, W = self.in_shape
         _, Ho, Wo = self.out_shape
-        op = [_output_padding(H, Ho, self.k[0], self.s[0], self.p[0], self.d[0]),
-              _output_padding(W, Wo, self.k[1], self.s[1], self.p[1], self.d[1])]
-        gx = gb.op("ConvTranspose", [gy.name, self.w_name], f"grad_{self.where}", output_padding=op, **self._attrs())
+        if self.dgrad_is_conv:
+            pads = [d * (k - 1) - p for k, p, d in zip(self.k, self.p, self.d, strict=True)]
+            gx = gb.op("Conv", [gy.name, gb.weight(self.dgrad_weight(), f"{self.where}.dgrad.w")], f"grad_{self.where}",
+                       kernel_shape=list(self.k), strides=[1, 1], pads=[*pads, *pads], dilations=list(self.d),
+                       group=self.groups)
+        else:
+            op = [_output_padding(H, Ho, self.k[0], self.s[0], self.p[0], self.d[0]),
+                  _output_padding(W, Wo, self.k[1], self.s[1], self.p[1], self.d[1])]
+            gx = gb.op("ConvTranspose", [gy.name, self.w_name], f"grad_{self.where}", output_padding=op,
+                       **self._attrs())
         if self.in_pad:  # the padded channels' gradient is dropped
             gx = gb.op("Slice", [gx, gb.const([0], np.int64, "starts"), gb.const([self.in_shape[0]], np.int64, "ends"),
                                  gb.axes(1)], f"grad_{self.where}_unpadded")

@@ -11,6 +11,9 @@ Engine options (`--engine-option KEY=VALUE`; parsed by refine/options.py):
     onnx=PATH          step graph from `python -m ccfast.export` (default: exported on first use into a cache
                        file in the temp directory, keyed by the weights' fingerprint)
     dtype=fp32|fp16    precision of the graph exported on first use (default fp32; ignored with onnx=)
+    dgrad=conv|conv_transpose
+                       how that graph writes each stride-1 convolution's input gradient (`GraphLayout.dgrad`;
+                       default conv; ignored with onnx=)
     buckets=1,16,256   CUDA-graph batch buckets (CUDA only)
     cuda_graph=1|0     capture CUDA graphs (CUDA only; default 1)
     tf32=0|1           let cuDNN use TF32 for fp32 convolutions (default 0: fp32 results). The fastest setting
@@ -36,7 +39,15 @@ from pathlib import Path
 import torch
 
 from ..errors import CCFastError, require
-from ..onnx_export.build import cache_dir, export_step_graph, model_fingerprint, read_graph_metadata
+from ..onnx_export.build import (
+    GraphLayout,
+    cache_dir,
+    cache_stem,
+    export_step_graph,
+    model_fingerprint,
+    read_graph_metadata,
+)
+from ..onnx_export.layers import ConvBN
 from . import options
 from .base import Engine, RefineResult
 from .ort_session import OrtSettings, create_session
@@ -46,6 +57,7 @@ log = logging.getLogger("ccfast.refine.ort")
 
 OPTIONS = {
     "onnx": options.text(None), "dtype": options.choice("fp32", "fp32", "fp16"),
+    "dgrad": options.choice(GraphLayout().dgrad, *ConvBN.DGRADS),
     "buckets": options.buckets("1,16,256"), "cuda_graph": options.flag(True), "tf32": options.flag(False),
     "nhwc": options.flag(False), "conv_algo": options.choice("auto", "auto", "exhaustive", "heuristic"),
     "threads": options.integer(None),
@@ -74,6 +86,7 @@ class OrtEngine(Engine):
         self.params = params_for(config, scalars)
         self.onnx_path = Path(self.opts["onnx"]) if self.opts["onnx"] else None
         self.dtype = self.opts["dtype"]
+        self.layout = GraphLayout(dgrad=self.opts["dgrad"])
         self.buckets = list(self.opts["buckets"])
         self.cuda_graph = self.opts["cuda_graph"]
         self.on_cuda = self.device.type == "cuda"
@@ -102,12 +115,11 @@ class OrtEngine(Engine):
     def _graph_for(self, image_hw: tuple[int, int]) -> Path:
         """The step graph to run: the given file, or one exported into the cache on first use."""
         if self.onnx_path is None:
-            fp = model_fingerprint(self.model)
-            path = cache_dir() / f"step-{fp[:24]}-{self.dtype}-{image_hw[0]}x{image_hw[1]}.onnx"
+            path = cache_dir() / f"{cache_stem(self.model, self.dtype, image_hw, self.layout)}.onnx"
             if not path.exists():
                 t0 = time.perf_counter()
                 log.info("engine 'ort': exporting the step graph to %s", path)
-                export_step_graph(self.model, image_hw, path, self.dtype)
+                export_step_graph(self.model, image_hw, path, self.dtype, layout=self.layout)
                 self._timings["export_s"] = time.perf_counter() - t0
             self.onnx_path = path
             self._check_graph(path)

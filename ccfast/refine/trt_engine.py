@@ -17,6 +17,7 @@ Engine options (`--engine-option KEY=VALUE`; parsed by refine/options.py):
     runtime=auto|tensorrt|tensorrt_rtx   which TensorRT to load (default auto: full TensorRT if installed)
     cuda_graph=1|0     capture the T-step loop (default 1; 0 = enqueue step by step, with early exit)
     dtype=fp32|fp16    precision of a plan built on first use;  buckets=1,16,256  its profiles
+    dgrad=conv|conv_transpose   how its graph writes stride-1 convolutions' input gradients (`GraphLayout.dgrad`)
 PGD only: `ccfast.Refiner` runs SGLD on the torch reference engine (no step graph for it), as with `ort`.
 """
 
@@ -30,7 +31,8 @@ import torch
 
 from ..errors import CCFastError
 from ..io_utils import atomic_path
-from ..onnx_export.build import cache_dir, export_step_graph, model_fingerprint
+from ..onnx_export.build import GraphLayout, cache_dir, cache_stem, export_step_graph, model_fingerprint
+from ..onnx_export.layers import ConvBN
 from ..onnx_export.tensorrt_build import (
     TrtLogger,
     build_plan,
@@ -48,7 +50,7 @@ log = logging.getLogger("ccfast.refine.trt")
 OPTIONS = {
     "plan": options.text(None), "runtime": options.choice("auto", "auto", "tensorrt", "tensorrt_rtx"),
     "cuda_graph": options.flag(True), "dtype": options.choice("fp32", "fp32", "fp16"),
-    "buckets": options.buckets("1,16,256"),
+    "dgrad": options.choice(GraphLayout().dgrad, *ConvBN.DGRADS), "buckets": options.buckets("1,16,256"),
 }
 
 EXPECTED_TRT_DTYPES = {"x": "FLOAT", "x0": "FLOAT", "labels": "INT32", "active": "BOOL", "params": "FLOAT",
@@ -102,6 +104,7 @@ class TrtEngine(Engine):
         self.params = params_for(config, scalars)
         self.use_cuda_graph = self.opts["cuda_graph"]
         self.dtype = self.opts["dtype"]
+        self.layout = GraphLayout(dgrad=self.opts["dgrad"])
         self.build_buckets = list(self.opts["buckets"])
         self.plan_path = Path(self.opts["plan"]) if self.opts["plan"] else None
         self.stream = torch.cuda.Stream(self.device)
@@ -158,8 +161,7 @@ class TrtEngine(Engine):
     def _ensure_plan(self, image_hw) -> None:
         if self.engine is not None:
             return
-        fp = model_fingerprint(self.model)
-        stem = f"step-{fp[:24]}-{self.dtype}-{image_hw[0]}x{image_hw[1]}"
+        stem = cache_stem(self.model, self.dtype, image_hw, self.layout)
         onnx_path = cache_dir() / f"{stem}.onnx"
         plan = (
             cache_dir()
@@ -168,7 +170,7 @@ class TrtEngine(Engine):
         if not plan.exists():
             t0 = time.perf_counter()
             if not onnx_path.exists():
-                export_step_graph(self.model, image_hw, onnx_path, self.dtype)
+                export_step_graph(self.model, image_hw, onnx_path, self.dtype, layout=self.layout)
             log.warning("engine 'trt': building a TensorRT plan at %s (once; can take minutes)", plan)
             build_plan(onnx_path, plan, self.build_buckets, runtime=self.runtime_name)
             self._timings["build_s"] = time.perf_counter() - t0
