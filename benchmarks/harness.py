@@ -34,6 +34,7 @@ import torch
 
 from ccfast.errors import CCFastError
 from ccfast.io_utils import write_text_atomic
+from ccfast.refine.options import parse_key_values
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,23 +195,15 @@ class MemoryMeter:
 def parse_engine_options(text: str, where: str = "engine options") -> dict[str, str]:
     """'KEY=V,KEY=V' → {KEY: V}. A piece without '=' continues the previous value (so `buckets=1,16,256`
     stays one option); an empty key, a first piece without '=', or a repeated key is an error."""
-    options: dict[str, str] = {}
-    last = None
+    items: list[str] = []
     for piece in (p.strip() for p in text.split(",")):
         if not piece:
             continue
-        if "=" not in piece:
-            if last is None:
-                raise CCFastError(f"{where} {text!r}: expected KEY=VALUE pieces, got {piece!r}")
-            options[last] += "," + piece
-            continue
-        key, value = (s.strip() for s in piece.split("=", 1))
-        if not key:
-            raise CCFastError(f"{where} {text!r}: an option has no name ({piece!r})")
-        if key in options:
-            raise CCFastError(f"{where} {text!r}: option {key!r} given twice")
-        options[key], last = value, key
-    return options
+        if "=" not in piece and items:
+            items[-1] += "," + piece
+        else:
+            items.append(piece)
+    return parse_key_values(items, f"{where} {text!r}")
 
 
 def parse_variant(text: str, where: str = "--ort-variant") -> tuple[str, dict[str, str]]:

@@ -140,3 +140,21 @@ def test_cli_bad_engine_option_is_exit_2_and_one_line(engine, option, tiny_ckpt,
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and f"engine {engine!r}" in err, err
     assert not out.exists()
+
+
+def test_a_repeated_option_is_refused_by_the_cli_and_the_benchmarks_alike(tiny_ckpt, samples_file, tmp_path, capsys):
+    """One rule (refine/options.parse_key_values): a key given twice is an error, not "the last one wins"."""
+    from benchmarks.harness import parse_engine_options as bench_options
+    from ccfast.refine.__main__ import main
+    from ccfast.refine.options import parse_key_values
+
+    out = tmp_path / "r.npz"
+    code = main(["--checkpoint", str(tiny_ckpt), "--input", str(samples_file), "--output", str(out), "--engine",
+                 "torch", "--engine-option", "dtype=fp32", "--engine-option", "dtype=bf16", "--device", "cpu",
+                 "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "'dtype' given twice" in err, err
+    assert not out.exists()
+    with pytest.raises(CCFastError, match="'cuda_graph' given twice"):
+        bench_options("cuda-graph=1,cuda_graph=0")  # '-' reads as '_' everywhere, so these are one key
+    assert parse_key_values(["buckets=1,16", "compile-mode=max"], "x") == {"buckets": "1,16", "compile_mode": "max"}

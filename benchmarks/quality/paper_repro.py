@@ -153,7 +153,7 @@ class PaperSuite(Suite):
         import torch
 
         self.args, self.cfg = args, cfg
-        self.args.refine_methods = None
+        self.args.refine_methods, self.args.defer_timed = None, False  # one process: every job, timed ones alone
         self.out = args.out_dir.resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.results = (args.results_dir or self.out / "results").resolve()
@@ -168,7 +168,7 @@ class PaperSuite(Suite):
         self.inception, self.allow_unverified = args.inception, args.allow_unverified_inception
         self.image_size = image_size
         self.real_files = [Path(p) for p in args.real]
-        self.ref_file = args.ref
+        self._ref_file = args.ref  # the FID reference (Suite.ref_file reads it)
         self.generator_files = {}
         self.classifier_files = {}
         # The scored files keep their place; OUT/samples/ links to them under the suite's names for the report.

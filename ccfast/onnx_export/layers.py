@@ -107,7 +107,10 @@ class ConvBN(Layer):
     DGRADS = ("conv", "conv_transpose")
 
     def __init__(self, conv, bn, where: str, dgrad: str = "conv"):
+        import torch
         import torch.nn as nn
+
+        from ..bn_fold import folded_conv_bn
 
         if dgrad not in self.DGRADS:
             raise ValueError(f"{where}: unknown convolution dgrad {dgrad!r} (choose {', '.join(self.DGRADS)})")
@@ -118,18 +121,9 @@ class ConvBN(Layer):
                 f"{where}: only explicit zero padding is exported (got padding={conv.padding!r}, "
                 f"mode={conv.padding_mode})"
             )
-        w = conv.weight.detach().double().cpu()
-        b = conv.bias.detach().double().cpu() if conv.bias is not None else w.new_zeros(w.shape[0])
-        if bn is not None:
-            if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None:
-                raise TypeError(f"{where}: expected BatchNorm2d with running statistics, got {type(bn).__name__}")
-            scale = 1.0 / (bn.running_var.detach().double().cpu() + bn.eps).sqrt()
-            if bn.weight is not None:
-                scale = scale * bn.weight.detach().double().cpu()
-            b = (b - bn.running_mean.detach().double().cpu()) * scale
-            if bn.bias is not None:
-                b = b + bn.bias.detach().double().cpu()
-            w = w * scale[:, None, None, None]
+        if bn is not None and (not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None):
+            raise TypeError(f"{where}: expected BatchNorm2d with running statistics, got {type(bn).__name__}")
+        w, b = folded_conv_bn(conv, bn, torch.float64)  # in fp64, rounded once to the graph's fp32
         self.w, self.b = w.float().numpy(), b.float().numpy()
         self.where = where
         self.k = _pair(conv.kernel_size)

@@ -24,6 +24,7 @@ from ..errors import CCFastError
 from ..io_utils import atomic_path, file_fingerprint, write_json_atomic
 from ..objectives import OBJECTIVES, REALNESS
 from ..validation import integer, output_path, require_finite
+from . import options
 
 PROG = "python -m ccfast.refine"
 
@@ -137,13 +138,7 @@ def config_from_args(args) -> RefineConfig:
 
 
 def parse_engine_options(items: list[str]) -> dict:
-    opts = {}
-    for item in items:
-        if "=" not in item:
-            raise CCFastError(f"--engine-option expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        opts[k.strip().replace("-", "_")] = v
-    return opts
+    return options.parse_key_values(items, "--engine-option")
 
 
 def _chunk_path(partial: Path, i: int) -> Path:

@@ -100,6 +100,25 @@ def buckets(default: str | None, auto: bool = False) -> Option:
     return Option("buckets", None if default is None else tuple(parse_buckets(default)), auto=auto)
 
 
+def parse_key_values(items, where: str) -> dict[str, str]:
+    """KEY=VALUE items → {KEY: VALUE}, the one rule for every list of engine options (the refine CLI's repeated
+    `--engine-option`, the benchmarks' `KEY=V,KEY=V` variants): '-' in a key reads as '_', and an item without
+    '=', an empty key or a key given twice is a one-line error (a repeated key is a typo more often than an
+    override)."""
+    options: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise CCFastError(f"{where}: expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise CCFastError(f"{where}: an option has no name ({item!r})")
+        if key in options:
+            raise CCFastError(f"{where}: option {key!r} given twice")
+        options[key] = value.strip()
+    return options
+
+
 def reject_unknown_options(engine: str, options, allowed) -> None:
     """`--engine-option` keys an engine does not take are an error that lists the ones it does."""
     unknown = sorted(set(options) - set(allowed))
