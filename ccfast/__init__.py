@@ -22,8 +22,10 @@ class _SourceCheckoutKernels(importlib.abc.MetaPathFinder):
     But where ccfast/ is imported as a plain folder of a checkout — the repository root on sys.path, as the
     benchmark suite's `python -m` children have it, or an editable install made by another interpreter's pip —
     nothing maps it, and `--engine triton` would fail with "No module named 'ccfast.kernels'" (seen on a GPU
-    machine). This finder sits last on sys.meta_path, so any install's mapping wins, and it answers for that one
-    name only; the kernels' own modules are then found inside it as usual."""
+    machine). This finder sits first on sys.meta_path and answers for that one name only, so the kernels always
+    come from the checkout whose ccfast/ was imported: an editable install of another checkout (a git worktree
+    beside the main one, ccfast/ taken from PYTHONPATH) would otherwise pair this ccfast/ with that checkout's
+    kernels/. The kernels' own modules are then found inside it as usual."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -42,7 +44,7 @@ def _map_checkout_kernels() -> None:
     # site-packages/kernels/ would be some other distribution's.
     if (folder / "__init__.py").is_file() and (root / "pyproject.toml").is_file() and not any(
             isinstance(f, _SourceCheckoutKernels) for f in sys.meta_path):
-        sys.meta_path.append(_SourceCheckoutKernels(folder))
+        sys.meta_path.insert(0, _SourceCheckoutKernels(folder))
 
 
 _map_checkout_kernels()

@@ -4,12 +4,16 @@
     pgd_step        x, ∇J -> clamp(Π_{B2(x0, ε)}(x − α·g/‖g‖₂), 0, 1) on active rows     (SPEC §3.4, §4)
     conv1x1         1×1 convolutions as GEMMs: relu(x Wᵀ + b (+ r)) with a bit-packed ReLU mask, and the
                     input gradient with ReLU masks and a residual fused (issue 12; not yet in the engine)
+    bottleneck      one ResNet bottleneck block, forward (ReLU masks saved, no activations) and input
+                    gradient: conv1x1's ops, cuDNN 3×3s, and two pointwise kernels (bias + ReLU + mask;
+                    mask gate) (issue 12; not yet in the engine, not yet measured on a GPU)
 
-Each module holds one `@triton.jit` kernel (conv1x1: one per direction), a thin launcher and its
-registration as a torch custom op (`torch.ops.ccfast.*`), so that `torch.compile` and CUDA-graph capture
-see one opaque node each. Their `_ref` twins are `ccfast.objectives.objective_grad_ref` +
-`early_stop_active_ref`, `ccfast.pgd.pgd_step_ref`, and `ccfast.conv1x1.conv1x1_relu_ref` /
-`conv1x1_dgrad_ref`. Importing this package does not import triton: the modules do, when imported.
+Each module holds one `@triton.jit` kernel (conv1x1: one per direction; bottleneck: two pointwise ones), a
+thin launcher and its registration as a torch custom op (`torch.ops.ccfast.*`), so that `torch.compile` and
+CUDA-graph capture see one opaque node each. Their `_ref` twins are `ccfast.objectives.objective_grad_ref` +
+`early_stop_active_ref`, `ccfast.pgd.pgd_step_ref`, `ccfast.conv1x1.conv1x1_relu_ref` / `conv1x1_dgrad_ref`,
+and `ccfast.bottleneck.bottleneck_fwd_ref` / `bottleneck_dgrad_ref`. Importing this package does not import
+triton: the modules do, when imported.
 On a machine without a GPU, set `TRITON_INTERPRET=1` *before* importing them to run the kernels on CPU
 tensors through Triton's interpreter (what CI does).
 """

@@ -29,3 +29,18 @@ def test_a_source_checkout_finds_ccfast_kernels_without_an_install():
     kernels_file, ccfast_file, triton_loaded = out.stdout.split()
     assert Path(kernels_file) == ROOT / "kernels" / "__init__.py"
     assert Path(ccfast_file) == ROOT / "ccfast" / "__init__.py" and triton_loaded == "False"
+
+
+def test_ccfast_kernels_come_from_the_checkout_whose_ccfast_is_imported():
+    """With site-packages on (an editable install of another checkout, e.g. the main one beside a git worktree,
+    maps ccfast.kernels there), ccfast/ from this root must still get this root's kernels/."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import ccfast.kernels, ccfast; print(ccfast.kernels.__file__); print(ccfast.__file__)"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd="/")
+    kernels_file, ccfast_file = out.stdout.split()
+    assert Path(ccfast_file) == ROOT / "ccfast" / "__init__.py"
+    assert Path(kernels_file) == ROOT / "kernels" / "__init__.py"
