@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -586,3 +587,22 @@ def test_a_follow_step_reruns_until_the_other_lane_has_finished_then_once_more(t
     # Lane 1's own refine does not count as lane 0's; the pass during which lane 0 finished is followed by one more.
     assert len(evals) in (4, 5) and calls.index((1, "eval")) > calls.index((1, "refine"))
     assert runner.done_in_lane == {0: {"refine"}, 1: {"refine", "eval"}}
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10" / "test.npz").exists(), reason="shared CIFAR-10 data not present")
+def test_the_lease_driver_runs_the_suite_and_writes_the_report_under_its_out_dir(tmp_path):
+    """benchmarks/quality/lease_driver.sh is what a lent GPU machine runs; here in smoke mode on the CPU."""
+    out = tmp_path / "q"
+    env = dict(os.environ, QUALITY_DATA=str(SHARED_DATA), QUALITY_OUT=str(out))
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "quality" / "lease_driver.sh"), "abc1234",
+                           str(int(time.time()) - 60), "0", "--smoke", "--device", "cpu", "--gen-iters", "4"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (out / "suite.rc").read_text().strip() == "0"
+    import re
+
+    deadline = float(re.search(r"deadline ([\d.]+) min", proc.stdout).group(1))
+    assert 25.5 < deadline <= 26.0 and "--lanes 2 --share-gpu" in proc.stdout  # the lease began a minute ago
+    md = (out / "results" / "quality.md").read_text()
+    assert "SMOKE RUN" in md and "abc1234" in md
+    assert not (out / "gpu_tests.rc").exists()
