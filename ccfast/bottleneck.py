@@ -1,5 +1,5 @@
 """One ResNet bottleneck block, BatchNorm folded, forward with bit-packed ReLU masks and its input gradient:
-the `_ref` of `kernels/bottleneck.py` (issue 12; neither is used by an engine yet).
+the `_ref` of `kernels/bottleneck.py` (issue 12; composed into the whole ResNet by `ccfast.fused_resnet`).
 
 The block (torchvision's v1.5 Bottleneck, `ccfast.models.Bottleneck`, eval mode, BN folded into each
 convolution's weight and bias by `ccfast.bn_fold`), x (B, Cin, H, W), width w, stride s on the 3×3:

@@ -119,16 +119,20 @@ class Bottleneck(nn.Module):
 
 
 class ImageNetResNet(nn.Module):
-    """torchvision's ResNet with Bottleneck blocks; same parameter names, so its state dicts load."""
+    """torchvision's ResNet with Bottleneck blocks; same parameter names, so its state dicts load.
 
-    def __init__(self, layers=(3, 4, 6, 3), num_classes: int = 1000, width_per_group: int = 64):
+    `stage_planes` (the four stages' planes; the stem has stage_planes[0] channels) is torchvision's
+    (64, 128, 256, 512) unless a test wants the same family at a small width."""
+
+    def __init__(self, layers=(3, 4, 6, 3), num_classes: int = 1000, width_per_group: int = 64,
+                 stage_planes: tuple[int, int, int, int] = (64, 128, 256, 512)):
         super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.inplanes = stage_planes[0]
+        self.conv1 = nn.Conv2d(3, stage_planes[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stage_planes[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers, strict=False)):
+        for i, (planes, n) in enumerate(zip(stage_planes, layers, strict=False)):
             stride = 1 if i == 0 else 2
             downsample = None
             if stride != 1 or self.inplanes != planes * 4:
@@ -140,7 +144,7 @@ class ImageNetResNet(nn.Module):
             blocks += [Bottleneck(self.inplanes, planes, 1, width_per_group) for _ in range(1, n)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2048, num_classes)
+        self.fc = nn.Linear(stage_planes[-1] * 4, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

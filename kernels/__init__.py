@@ -6,7 +6,8 @@
                     input gradient with ReLU masks and a residual fused (issue 12; not yet in the engine)
     bottleneck      one ResNet bottleneck block, forward (ReLU masks saved, no activations) and input
                     gradient: conv1x1's ops, cuDNN 3×3s, and two pointwise kernels (bias + ReLU + mask;
-                    mask gate) (issue 12; not yet in the engine, not yet measured on a GPU)
+                    mask gate) (issue 12; the triton engine's fused_net=1 composes them into the whole
+                    ResNet, ccfast/refine/fused_net.py; not yet measured on a GPU)
 
 Each module holds one `@triton.jit` kernel (conv1x1: one per direction; bottleneck: two pointwise ones), a
 thin launcher and its registration as a torch custom op (`torch.ops.ccfast.*`), so that `torch.compile` and

@@ -1,8 +1,9 @@
 """One ResNet bottleneck block (BN folded, channels_last), forward and input gradient, with every pointwise
 step fused into a GEMM epilogue or one small kernel: the fused twin of `ccfast.bottleneck` (issue 12).
 
-Not yet used by an engine, and not yet measured on a GPU (benchmarks/bench_bottleneck.py does that); only
-checked through Triton's interpreter on CPU (tests/test_kernel_bottleneck.py).
+Used by the triton engine only with fused_net=1 (ccfast/refine/fused_net.py composes the whole ResNet), and not
+yet measured on a GPU (benchmarks/bench_bottleneck.py does that); only checked through Triton's interpreter on CPU
+(tests/test_kernel_bottleneck.py, tests/test_fused_resnet.py).
 
 What is fused and why. The compiled recipe runs each convolution as a cuDNN call followed by Inductor's
 pointwise kernels (bias, ReLU, residual add; in the backward `threshold_backward` and the residual sum),

@@ -18,6 +18,16 @@ def randomize_batchnorm(model):
     return model
 
 
+def small_bottleneck_resnet(seed=0, width_per_group=64, classes=10):
+    """The ResNet-50 family (`ImageNetResNet`) at a test's width: stage planes 8, 8, 16, 16 and 2, 1, 1, 1 blocks
+    (a stride-1 downsample, an identity block, three stride-2 downsamples), eval mode, non-trivial BatchNorm."""
+    from ccfast.models import ImageNetResNet, JointModel
+
+    torch.manual_seed(seed)
+    net = ImageNetResNet((2, 1, 1, 1), classes, width_per_group, stage_planes=(8, 8, 16, 16))
+    return randomize_batchnorm(JointModel(net)).eval().requires_grad_(False)
+
+
 def tiny_eval_model(seed=0, classes=5, width=4):
     """A tiny net in eval mode with non-trivial BatchNorm, seeded: the model of the attack/loss tests."""
     from ccfast.models import build_model

@@ -27,7 +27,7 @@ from ccfast.objectives import HeadParams, objective_ref  # noqa: E402
 from ccfast.refine.base import ResolvedScalars  # noqa: E402
 from ccfast.refine.torch_engine import TorchEngine  # noqa: E402
 from ccfast.refine.triton_engine import TritonEngine  # noqa: E402
-from factories import randomize_batchnorm  # noqa: E402
+from factories import randomize_batchnorm, small_bottleneck_resnet  # noqa: E402
 
 needs_gpu = pytest.mark.skipif(
     not CUDA, reason="CUDA graphs and the compiled engine need a CUDA GPU (the loop logic is tested on CPU)"
@@ -183,6 +183,47 @@ def test_options_are_parsed_and_checked():
         assert "CUDA" in TritonEngine.availability()
     else:
         assert TritonEngine.availability() == "ok"
+
+
+# ---------------------------------------------------------------- fused_net=1: the network without autograd
+
+
+@pytest.mark.parametrize("B,H,W,steps,early_stop", [(1, 21, 19, 2, False), (3, 17, 15, 3, True)],
+                         ids=["B1-no-stop", "B3-early-stop"])
+def test_fused_net_refines_like_the_reference(fp32_exact, B, H, W, steps, early_stop):
+    """fused_net=1 on a small bottleneck ResNet (fp32, loop on CPU): images, step counts, stop masks and
+    statistics as the reference engine's. With early stopping τ splits the batch (one image stops at t=0) and
+    compact_every=1 moves the others through smaller buckets."""
+    model = small_bottleneck_resnet(seed=B).to(DEVICE)
+    g = torch.Generator().manual_seed(B + H)
+    x0 = torch.rand(B, 3, H, W, generator=g).to(DEVICE)
+    labels = torch.randint(0, 10, (B,), generator=g).to(DEVICE)
+    idx = torch.arange(B)
+    if early_stop:
+        tau = _splitting_tau(model, x0, labels)
+        config, scalars = RefineConfig(steps=steps, alpha=0.3, eps=1.0), _scalars(tau)
+    else:
+        config, scalars = RefineConfig(steps=steps, alpha=0.3, eps=1.0, early_stop="none"), _scalars(None, ell0=1.0)
+    eng, out, ref = _run_both(model, config, scalars, x0, labels, idx, fused_net=1, compact_every=1, **LOOP_OPTS)
+    assert eng.net is None and eng.timings()["options"]["fused_net"] is True, "the fused network, not autograd"
+    if early_stop:
+        assert int((ref.steps == 0).sum()) >= 1 and len(set(ref.steps.tolist())) > 1, "τ should split the batch"
+        assert len(eng.timings()["capture_s"]) > 1, "stopped images should have been compacted"
+    else:
+        assert ref.steps.tolist() == [steps] * B
+    assert float((ref.images - x0).abs().max()) > 0.01, "the images should have moved"
+    _compare_exact(out, ref, x0, atol=1e-5)
+
+
+def test_fused_net_refuses_other_networks_and_fold_bn_0():
+    config, scalars = RefineConfig(steps=2), _scalars(1.0)
+    with pytest.raises(CCFastError, match="fused_net=1: fused network: TinyNet is not supported") as err:
+        TritonEngine(_model(), config, scalars, DEVICE, fused_net=1, **LOOP_OPTS)
+    assert "\n" not in str(err.value)
+    with pytest.raises(CCFastError, match="fold_bn=0"):
+        TritonEngine(small_bottleneck_resnet(), config, scalars, DEVICE, fused_net=1, fold_bn=0, **LOOP_OPTS)
+    with pytest.raises(CCFastError, match="0/1"):
+        TritonEngine(small_bottleneck_resnet(), config, scalars, DEVICE, fused_net="maybe", **LOOP_OPTS)
 
 
 # ---------------------------------------------------------------- the real thing (GPU)

@@ -40,6 +40,15 @@ Options (`--engine-option KEY=VALUE`, or keyword arguments of `Refiner`; parsed 
     buckets=auto|N,N,...   batch sizes with their own graphs; auto: the batch's size, then powers of two
     min_bucket=N           smallest bucket (default 2 with compile: size 1 would compile a second graph)
     compile_mode=MODE      torch.compile mode (default "default")
+    fused_net=0|1          1: the network's forward and input gradient without autograd, from the fused bottleneck
+                           blocks (refine/fused_net.py; ReLU masks and the max-pool's window offsets saved, no
+                           activation); bottleneck ResNets only (resnet50, wide_resnet50_2), else a one-line
+                           error; BatchNorm always folded, weights always cast; default 0. Not yet measured on a GPU
+
+With fused_net=1 the per-step function is `_fused_step`: logits and the saved masks from the fused forward,
+objective_head, the same bookkeeping, and g from the fused input gradient seeded with the head's dJ/dlogits;
+pgd_step, compaction and CUDA graphs as above (a fused step keeps no autograd graph, so nothing is freed
+with J).
 """
 
 from __future__ import annotations
@@ -66,7 +75,7 @@ OPTIONS = {
     "graphs": options.flag(None), "channels_last": options.flag(True), "fold_bn": options.flag(True),
     "cast_weights": options.flag(True), "pad_channels": options.flag(True), "compact_every": options.integer(5),
     "buckets": options.buckets(None, auto=True), "min_bucket": options.integer(None),
-    "compile_mode": options.text("default"),
+    "compile_mode": options.text("default"), "fused_net": options.flag(False),
 }
 
 
@@ -84,6 +93,7 @@ class TritonOptions:
     buckets: tuple[int, ...] | None = None
     min_bucket: int = 2
     compile_mode: str = "default"
+    fused_net: bool = False
 
     @classmethod
     def parse(cls, given: dict, device: torch.device) -> TritonOptions:
@@ -96,6 +106,8 @@ class TritonOptions:
             values["min_bucket"] = 2 if values["compile"] else 1
         if values["graphs"] and not cuda:
             raise CCFastError("engine 'triton' option graphs=1 needs a CUDA device (CUDA graphs); pass graphs=0 on CPU")
+        if values["fused_net"] and not values["fold_bn"]:
+            raise CCFastError("engine 'triton' option fused_net=1 always folds BatchNorm; drop fold_bn=0")
         return cls(**values)
 
 
@@ -205,9 +217,12 @@ class TritonEngine(Engine):
         self._K = T if tau is None else min(self.opts.compact_every, T)
         self._segments = sorted({k for k in (self._K, T % self._K if self._K else 0) if k > 0})
         t0 = time.perf_counter()
-        self.net = self._prepare_network(model)
+        if self.opts.fused_net:
+            self.net, self._fused = None, self._prepare_fused(model)
+        else:
+            self.net, self._fused = self._prepare_network(model), None
         self._timings["prepare_s"] = time.perf_counter() - t0
-        fn = self._forward_head_bookkeep
+        fn = self._fused_step if self.opts.fused_net else self._forward_head_bookkeep
         if self.opts.compile:
             fn = torch.compile(fn, mode=None if self.opts.compile_mode == "default" else self.opts.compile_mode,
                                dynamic=None)
@@ -221,7 +236,7 @@ class TritonEngine(Engine):
                 "channels_last": o.channels_last, "fold_bn": o.fold_bn, "cast_weights": o.cast_weights,
                 "pad_channels": o.pad_channels, "compact_every": o.compact_every,
                 "buckets": "auto" if o.buckets is None else list(o.buckets), "min_bucket": o.min_bucket,
-                "compile_mode": o.compile_mode}
+                "compile_mode": o.compile_mode, "fused_net": o.fused_net}
 
     def _prepare_network(self, model: torch.nn.Module) -> torch.nn.Module:
         net = copy.deepcopy(model).eval().requires_grad_(False)
@@ -237,6 +252,23 @@ class TritonEngine(Engine):
                 self._autocast_dtype
             )
         return net.requires_grad_(False)
+
+    def _prepare_fused(self, model: torch.nn.Module):
+        """fused_net=1: the folded weights of the bottleneck ResNet (a one-line error for another network), in the
+        engine's dtype (fp32 on CPU), the stem padded to 8 input channels in bf16/fp16 as pad_channels says."""
+        from ..fused_resnet import FusedResNetWeights, check_supported
+
+        try:
+            check_supported(model)
+        except CCFastError as exc:
+            raise CCFastError(f"engine 'triton' option fused_net=1: {exc}") from None
+        from . import fused_net  # imports the kernels (triton): only when asked for
+
+        self._fused_ops = fused_net
+        dtype = self._autocast_dtype or torch.float32
+        pad = 8 if self.opts.pad_channels and self._autocast_dtype is not None else 0
+        self._timings["fold_bn"] = "on"
+        return FusedResNetWeights.from_model(model).cast(dtype, self.device, pad_channels=pad)
 
     @contextlib.contextmanager
     def _precision(self):
@@ -262,7 +294,19 @@ class TritonEngine(Engine):
                 logits = self.net(x)
         else:
             logits = self.net(x)
-        J, realness, _, still_active = objective_head(logits, labels, active, self.scalars.head, self.scalars.tau)
+        return self._head_bookkeep(logits, labels, active, t, J_init, r_init, J_last, r_last)[0]
+
+    def _fused_step(self, x, labels, active, t, J_init, r_init, J_last, r_last, take_step: bool):
+        """fused_net=1: forward (masks saved), head and bookkeeping, then (take_step) g = ∇_x Σ_i J_i from the
+        fused input gradient seeded with dJ/dlogits, the head's (SPEC §3.4: the sum, per example). No autograd."""
+        logits, saved = self._fused_ops.fused_logits_and_saved(self._fused, x)
+        _, dlogits = self._head_bookkeep(logits, labels, active, t, J_init, r_init, J_last, r_last)
+        return self._fused_ops.fused_input_grad(self._fused, saved, dlogits) if take_step else None
+
+    def _head_bookkeep(self, logits, labels, active, t, J_init, r_init, J_last, r_last):
+        """objective_head and the per-step bookkeeping on the bucket's buffers: (J, dJ/dlogits)."""
+        J, realness, dlogits, still_active = objective_head(logits, labels, active, self.scalars.head,
+                                                            self.scalars.tau)
         first = t == 0
         J_init.copy_(torch.where(first, J.detach(), J_init))
         r_init.copy_(torch.where(first, realness, r_init))
@@ -270,9 +314,14 @@ class TritonEngine(Engine):
         r_last.copy_(realness)
         active.copy_(still_active)  # SPEC §4: active ← active ∧ (ℓ_fake < τ), decided on the current x
         t.add_(1)
-        return J
+        return J, dlogits
 
     def _body(self, b: _Bucket, take_step: bool) -> None:
+        if self.opts.fused_net:
+            g = self._step_fn(b.x, b.labels, b.active, b.t, b.J_init, b.r_init, b.J_last, b.r_last, take_step)
+            if take_step:
+                pgd_step(b.x, g, b.x0, b.active, self.config.alpha, self.config.eps, inplace=True, steps=b.steps)
+            return
         x = b.x.detach().requires_grad_(True)
         if self.opts.compile and b.size >= 2:
             torch._dynamo.maybe_mark_dynamic(x, 0)  # this alias is a new tensor each step
