@@ -41,12 +41,7 @@ def _autograd(model, x, dlogits):
     return logits.detach(), g
 
 
-@pytest.fixture(autouse=True)
-def _exact_fp32_convolutions():
-    before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = before
+pytestmark = pytest.mark.usefixtures("exact_fp32_convolutions")  # conftest.py
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])

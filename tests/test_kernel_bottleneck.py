@@ -49,13 +49,7 @@ BLOCKS = (64, 64, 32) if CUDA else None  # the 1×1 GEMMs' tile: fixed on a GPU 
 TOL_FP32 = {"rtol": 1e-5, "atol": 1e-5}
 
 
-@pytest.fixture(autouse=True)
-def _exact_fp32_convolutions():
-    """fp32 cuDNN convolutions in TF32 would make the fused 3×3 (and the reference) the less exact side."""
-    before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = before
+pytestmark = pytest.mark.usefixtures("exact_fp32_convolutions")  # conftest.py
 
 
 def _block(cin, planes, stride, seed):
