@@ -32,7 +32,7 @@ if [ "$GPU_TESTS" = 1 ]; then
     OMP_NUM_THREADS=2 PYTHONPATH=/tmp/site python3 -m pytest -q -n 3 -rfEs -p no:cacheprovider \
       tests/test_triton_engine.py tests/test_ort_engine.py tests/test_kernel_objective_head.py \
       tests/test_kernel_pgd_step.py tests/test_kernel_conv1x1.py tests/test_kernel_bottleneck.py \
-      tests/test_engine_options.py tests/test_devices.py > "$OUT/gpu_tests.txt" 2>&1
+      tests/test_fused_resnet.py tests/test_engine_options.py tests/test_devices.py > "$OUT/gpu_tests.txt" 2>&1
     echo $? > "$OUT/gpu_tests.rc"; log "GPU tests exit $(cat "$OUT/gpu_tests.rc")" ) &
 fi
 log "suite, deadline $LEFT_MIN min: ${BASE[*]} --lanes 2 --share-gpu"
