@@ -11,9 +11,10 @@
 # - Writes the report to QUALITY_OUT/results: the device's copy of the tree restores the committed files in
 #   benchmarks/results/. If the deadline stops the suite (exit code 3), it writes the report from whatever was
 #   scored.
-# - With GPU_TESTS=1 it also runs the GPU tests into QUALITY_OUT/gpu_tests.txt, once samples_ct exists and
-#   /tmp/ort.ready says onnxruntime-gpu is unpacked in /tmp/site. They run beside the classifier training, which
-#   counts iterations, not minutes, and with few threads: at -n 8 they starved it.
+# - With GPU_TESTS=1 it also runs the GPU tests into QUALITY_OUT/gpu_tests.txt, once clf_robust is done and
+#   /tmp/ort.ready says onnxruntime-gpu is unpacked in /tmp/site. They run beside the generator and the joint
+#   model's training, which count iterations, not minutes, and end before the final step times its refinements
+#   alone; with few threads, because at -n 8 they starved the training of CPU.
 # - Exit codes go to QUALITY_OUT/suite.rc and QUALITY_OUT/gpu_tests.rc.
 set -u
 cd "$(dirname "$0")/../.."
@@ -27,7 +28,7 @@ BASE=(python -m benchmarks.quality.run --data-dir "$DATA" --out-dir "$OUT" --res
       --device cuda --inception "$DATA/inception/default_1.pt" --commit "$COMMIT" --no-act --gen-iters 3115
       --workers 4 --quiet "$@")
 if [ "$GPU_TESTS" = 1 ]; then
-  ( while [ ! -f "$OUT/stages/samples_ct.json" ] || [ ! -f /tmp/ort.ready ]; do sleep 5; done
+  ( while [ ! -f "$OUT/stages/clf_robust.json" ] || [ ! -f /tmp/ort.ready ]; do sleep 5; done
     log "GPU tests start"
     OMP_NUM_THREADS=2 PYTHONPATH=/tmp/site python3 -m pytest -q -n 3 -rfEs -p no:cacheprovider \
       tests/test_triton_engine.py tests/test_ort_engine.py tests/test_kernel_objective_head.py \
