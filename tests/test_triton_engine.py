@@ -310,3 +310,44 @@ def test_bf16_error_is_within_plain_pytorch_bf16_error(fp32_exact, arch, size, B
     assert err_engine <= 3.0 * err_plain + 1e-3 * moved
     assert torch.equal(out.steps, ref.steps)
     torch.testing.assert_close(out.realness_final, ref.realness_final, rtol=0.05, atol=0.05)
+
+
+FUSED_GPU_CASES = [{"compile": "0"}, {"compile": "1"}]
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("opts", FUSED_GPU_CASES, ids=lambda o: f"compile{o['compile']}")
+def test_fused_net_fp32_graphs_match_reference(fp32_exact, opts):
+    """fused_net=1 in CUDA graphs (fp32, TF32 off), compiled or not, with compaction: as the reference engine."""
+    model = small_bottleneck_resnet(seed=3).to(DEVICE)
+    x0, labels, idx = _batch(37, 33, seed=7)
+    tau = _splitting_tau(model, x0, labels)
+    config = RefineConfig(steps=8, alpha=0.3, eps=1.0)
+    eng, out, ref = _run_both(model, config, _scalars(tau), x0, labels, idx, dtype="fp32", tf32="0", graphs="1",
+                              compact_every=2, fused_net="1", **opts)
+    assert eng.net is None and 0 < int((ref.steps == 0).sum()) < 37, "the fused network, and τ splitting the batch"
+    assert len(eng.timings()["capture_s"]) > 1, "stopped images should have been compacted"
+    _compare_exact(out, ref, x0, atol=1e-4, kinks=0.01)
+    _compare_exact(eng.refine_batch(x0, labels, idx), ref, x0, atol=1e-4, kinks=0.01)  # replay answers again
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("opts", FUSED_GPU_CASES, ids=lambda o: f"compile{o['compile']}")
+def test_fused_net_bf16_error_is_within_plain_pytorch_bf16_error(fp32_exact, opts):
+    """As test_bf16_error_is_within_plain_pytorch_bf16_error, for fused_net=1 (bf16 weights, stem padded to 8)."""
+    model = small_bottleneck_resnet(seed=4).to(DEVICE)
+    x0, labels, idx = _batch(64, 33, seed=9)
+    config = RefineConfig(steps=8, alpha=0.3, eps=1.0, early_stop="none")
+    scalars = _scalars(None, ell0=1.5)
+    ref = TorchEngine(model, config, scalars, DEVICE).refine_batch(x0, labels, idx)
+    plain_bf16 = TorchEngine(_Bf16Autocast(model), config, scalars, DEVICE).refine_batch(x0, labels, idx)
+    eng = TritonEngine(model, config, scalars, DEVICE, dtype="bf16", graphs="1", fused_net="1", **opts)
+    out = eng.refine_batch(x0, labels, idx)
+    err_engine = float((out.images - ref.images).norm())
+    err_plain = float((plain_bf16.images - ref.images).norm())
+    moved = float((ref.images - x0).norm())
+    print(f"fused bf16 error: engine {err_engine:.4g}, plain PyTorch bf16 {err_plain:.4g}, steps total {moved:.4g}")
+    assert err_engine <= 3.0 * err_plain + 1e-3 * moved
+    assert torch.equal(out.steps, ref.steps)
