@@ -88,8 +88,8 @@ def _rel(a, b):
 
 
 def bench_block(shape: Block, B: int, device, dtype, compile_fn, reps: int, repeat: int, report: Report):
-    from ccfast.bottleneck import BottleneckWeights, as_rows, bottleneck_torch
-    from ccfast.conv1x1 import pack_relu_mask, unpack_relu_mask
+    from ccfast.bottleneck import BottleneckWeights, bottleneck_torch
+    from ccfast.conv1x1 import as_rows, pack_relu_mask, unpack_relu_mask
     from ccfast.kernels.bottleneck import bottleneck_dgrad, bottleneck_fwd
 
     p = _weights(shape, seed=shape.cin + shape.planes)

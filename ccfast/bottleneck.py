@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .bn_fold import fold_batchnorm
-from .conv1x1 import conv1x1_dgrad_ref, conv1x1_relu_ref, pack_relu_mask, unpack_relu_mask
+from .conv1x1 import as_rows, conv1x1_dgrad_ref, conv1x1_relu_ref, from_rows, pack_relu_mask, unpack_relu_mask
 from .errors import CCFastError
 
 
@@ -123,17 +123,6 @@ def fold_bottleneck(block: torch.nn.Module) -> BottleneckWeights:
 
     wd, bd = wb(down) if down is not None else (None, None)
     return BottleneckWeights(*wb(c1), *wb(c2), *wb(c3), stride=c2.stride[0], wd=wd, bd=bd)
-
-
-def as_rows(t: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B·H·W, C), rows in channels_last order (the masks' row order)."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-
-
-def from_rows(rows: torch.Tensor, like_bhw: tuple[int, int, int]) -> torch.Tensor:
-    """(B·H·W, C) rows -> (B, C, H, W) (a channels_last view)."""
-    B, H, W = like_bhw
-    return rows.reshape(B, H, W, rows.shape[1]).permute(0, 3, 1, 2)
 
 
 def bottleneck_torch(x: torch.Tensor, p: BottleneckWeights) -> torch.Tensor:

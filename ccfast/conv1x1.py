@@ -52,6 +52,18 @@ def unpack_relu_mask(mask: torch.Tensor, channels: int) -> torch.Tensor:
     return bits.reshape(mask.shape[0], -1)[:, :channels].bool()
 
 
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B·H·W, C): the rows of the channels_last layout, the row order of every packed mask (a view
+    when t is channels_last)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def from_rows(rows: torch.Tensor, bhw: tuple[int, int, int]) -> torch.Tensor:
+    """(B·H·W, C) rows -> (B, C, H, W) in channels_last (a view when the rows are contiguous): `as_rows` undone."""
+    B, H, W = bhw
+    return rows.reshape(B, H, W, rows.shape[1]).permute(0, 3, 1, 2)
+
+
 def conv1x1_relu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                      residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mask, pre) for x (M, K), weight (N, K), bias (N,), residual (M, N) or None.

@@ -46,16 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from .bn_fold import folded_conv_bn
-from .bottleneck import (
-    BottleneckSaved,
-    BottleneckWeights,
-    as_rows,
-    bottleneck_dgrad_ref,
-    bottleneck_fwd_ref,
-    fold_bottleneck,
-    from_rows,
-)
-from .conv1x1 import pack_relu_mask, unpack_relu_mask
+from .bottleneck import BottleneckSaved, BottleneckWeights, bottleneck_dgrad_ref, bottleneck_fwd_ref, fold_bottleneck
+from .conv1x1 import as_rows, from_rows, pack_relu_mask, unpack_relu_mask
 from .errors import CCFastError
 
 SUPPORTED = "a bottleneck ResNet (ccfast.models.ImageNetResNet: resnet50, wide_resnet50_2) inside a JointModel"

@@ -60,7 +60,17 @@ from ccfast.bottleneck import (
 from ccfast.conv1x1 import BITS, mask_words
 from ccfast.errors import CCFastError
 
-from .conv1x1 import _as_rows, _check, _fold, _or, _rows, _unpack_bits, conv1x1_dgrad, conv1x1_relu, interpreted
+from .conv1x1 import (
+    bit_or,
+    check_operands,
+    conv1x1_dgrad,
+    conv1x1_relu,
+    fold_rows,
+    interpreted,
+    to_rows,
+    unit_stride_rows,
+    unpack_bits,
+)
 
 __all__ = [
     "BottleneckSaved",
@@ -89,7 +99,7 @@ def _bias_relu_mask_kernel(pre_ptr, b_ptr, y_ptr, mask_ptr, M, C, stride_pm, str
     tl.store(y_ptr + rows[:, None] * stride_ym + offs_c[None, :], tl.maximum(pre, 0.0).to(y_ptr.dtype.element_ty),
              mask=valid)
     bits = tl.where((pre > 0.0) & valid, 1, 0).to(tl.int32) << (tl.arange(0, BLOCK_C) % 32)[None, :]
-    words = tl.reduce(tl.reshape(bits, (BLOCK_M, BLOCK_C // 32, 32)), 2, _or)  # disjoint bits: or == sum
+    words = tl.reduce(tl.reshape(bits, (BLOCK_M, BLOCK_C // 32, 32)), 2, bit_or)  # disjoint bits: or == sum
     offs_w = tl.program_id(1) * (BLOCK_C // 32) + tl.arange(0, BLOCK_C // 32)
     tl.store(mask_ptr + rows[:, None] * stride_mm + offs_w[None, :], words,
              mask=(offs_m < M)[:, None] & (offs_w < tl.cdiv(C, 32))[None, :])
@@ -104,7 +114,7 @@ def _relu_mask_gate_kernel(g_ptr, mask_ptr, out_ptr, M, C, stride_gm, stride_mm,
     rows = offs_m.to(tl.int64)
     valid = (offs_m < M)[:, None] & (offs_c < C)[None, :]
     g = tl.load(g_ptr + rows[:, None] * stride_gm + offs_c[None, :], mask=valid, other=0.0)
-    keep = _unpack_bits(mask_ptr, rows, stride_mm, offs_c, valid)
+    keep = unpack_bits(mask_ptr, rows, stride_mm, offs_c, valid)
     tl.store(out_ptr + rows[:, None] * stride_om + offs_c[None, :], tl.where(keep, g, 0.0).to(out_ptr.dtype.element_ty),
              mask=valid)
 
@@ -126,8 +136,8 @@ def _bias_relu_mask_op(pre: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Ten
     if pre.ndim != 2 or bias.shape != (pre.shape[1],):
         raise CCFastError(f"bias_relu_mask: pre (M, C) and bias (C,) expected, got {tuple(pre.shape)}, "
                           f"{tuple(bias.shape)}")
-    _check("bias_relu_mask", {"pre": pre, "bias": bias}, pre.dtype)
-    pre = _rows(pre)
+    check_operands("bias_relu_mask", {"pre": pre, "bias": bias}, pre.dtype)
+    pre = unit_stride_rows(pre)
     M, C = pre.shape
     y = torch.empty_like(pre, memory_format=torch.contiguous_format)
     mask = torch.empty((M, mask_words(C)), dtype=torch.int32, device=pre.device)
@@ -146,8 +156,8 @@ def _relu_mask_gate_op(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if g.ndim != 2 or mask.shape != (g.shape[0], mask_words(g.shape[1])) or mask.dtype != torch.int32:
         raise CCFastError(f"relu_mask_gate: g (M, C) and an int32 mask (M, ⌈C/32⌉) expected, got {tuple(g.shape)}, "
                           f"{mask.dtype} {tuple(mask.shape)}")
-    _check("relu_mask_gate", {"g": g, "mask": mask}, g.dtype)
-    g, mask = _rows(g), _rows(mask)
+    check_operands("relu_mask_gate", {"g": g, "mask": mask}, g.dtype)
+    g, mask = unit_stride_rows(g), unit_stride_rows(mask)
     M, C = g.shape
     out = torch.empty_like(g, memory_format=torch.contiguous_format)
     if M and C:
@@ -163,15 +173,15 @@ def _(g, mask):
 def bias_relu_mask(pre: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(relu(pre + bias) in pre's dtype, packed mask of pre + bias > 0) for pre (M, C) rows or (B, C, H, W)
     (best channels_last: then no copy; the output is channels_last); bias (C,) any float dtype."""
-    rows, bhw = _as_rows(pre)
+    rows, bhw = to_rows(pre)
     y, mask = torch.ops.ccfast.bias_relu_mask(rows, bias)
-    return _fold(y, bhw), mask
+    return fold_rows(y, bhw), mask
 
 
 def relu_mask_gate(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """g ⊙ unpack(mask) for g (M, C) rows or (B, C, H, W) (output channels_last), mask (M, ⌈C/32⌉) int32."""
-    rows, bhw = _as_rows(g)
-    return _fold(torch.ops.ccfast.relu_mask_gate(rows, mask), bhw)
+    rows, bhw = to_rows(g)
+    return fold_rows(torch.ops.ccfast.relu_mask_gate(rows, mask), bhw)
 
 
 def _check_weights(name: str, x: torch.Tensor, p: BottleneckWeights) -> None:

@@ -49,8 +49,10 @@ import triton.language as tl
 
 from ccfast.conv1x1 import (
     BITS,
+    as_rows,
     conv1x1_dgrad_ref,
     conv1x1_relu_ref,
+    from_rows,
     mask_words,
     pack_relu_mask,
     unpack_relu_mask,
@@ -78,7 +80,7 @@ INTERPRETER_BLOCKS = (32, 32, 32)  # smallest tl.dot tile that still covers whol
 
 
 @triton.jit
-def _or(a, b):
+def bit_or(a, b):
     return a | b
 
 
@@ -106,7 +108,7 @@ def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.co
 
 
 @triton.jit
-def _unpack_bits(mask_ptr, rows, stride_mm, cols, valid):
+def unpack_bits(mask_ptr, rows, stride_mm, cols, valid):
     """(len(rows), len(cols)) bool: bit cols%32 of word cols//32 of each row's packed mask."""
     words = tl.load(mask_ptr + rows[:, None] * stride_mm + (cols // 32)[None, :], mask=valid, other=0)
     return ((words >> (cols % 32)[None, :]) & 1) != 0
@@ -172,7 +174,7 @@ def _conv1x1_relu_kernel(
     tl.store(y_ptr + rows[:, None] * stride_ym + offs_n[None, :],
              tl.maximum(pre, 0.0).to(y_ptr.dtype.element_ty), mask=valid)
     bits = tl.where((pre > 0.0) & valid, 1, 0).to(tl.int32) << (tl.arange(0, BLOCK_N) % 32)[None, :]
-    words = tl.reduce(tl.reshape(bits, (BLOCK_M, BLOCK_N // 32, 32)), 2, _or)  # disjoint bits: or == sum
+    words = tl.reduce(tl.reshape(bits, (BLOCK_M, BLOCK_N // 32, 32)), 2, bit_or)  # disjoint bits: or == sum
     offs_w = pid_n * (BLOCK_N // 32) + tl.arange(0, BLOCK_N // 32)
     tl.store(mask_ptr + rows[:, None] * stride_mm + offs_w[None, :], words,
              mask=(offs_m < M)[:, None] & (offs_w < tl.cdiv(N, 32))[None, :])
@@ -211,7 +213,7 @@ def _conv1x1_dgrad_kernel(
             a = tl.load(dy_ptrs, mask=in_k[None, :], other=0.0)
             b = tl.load(w_ptrs, mask=in_k[:, None], other=0.0)
         if HAS_MASK:
-            keep = _unpack_bits(mask_ptr, rows_in, stride_mm, k0 + offs_k, in_k[None, :])
+            keep = unpack_bits(mask_ptr, rows_in, stride_mm, k0 + offs_k, in_k[None, :])
             a = tl.where(keep, a, 0.0).to(dy_ptr.dtype.element_ty)
         acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
         dy_ptrs += BLOCK_K
@@ -223,10 +225,10 @@ def _conv1x1_dgrad_kernel(
     if HAS_RES:
         r = tl.load(r_ptr + rows[:, None] * stride_rm + offs_n[None, :], mask=valid, other=0.0).to(tl.float32)
         if HAS_RES_MASK:
-            r = tl.where(_unpack_bits(rmask_ptr, rows, stride_rmm, offs_n, valid), r, 0.0)
+            r = tl.where(unpack_bits(rmask_ptr, rows, stride_rmm, offs_n, valid), r, 0.0)
         acc += r
     if HAS_OUT_MASK:  # the ReLU of this convolution's input, for the layer before (see the module docstring)
-        acc = tl.where(_unpack_bits(omask_ptr, rows, stride_omm, offs_n, valid), acc, 0.0)
+        acc = tl.where(unpack_bits(omask_ptr, rows, stride_omm, offs_n, valid), acc, 0.0)
     tl.store(dx_ptr + rows[:, None] * stride_dxm + offs_n[None, :], acc.to(dx_ptr.dtype.element_ty), mask=valid)
 
 
@@ -282,7 +284,7 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # (ignored for bf16/fp16 operands)
 
 
-def _check(name: str, tensors: dict, dtype: torch.dtype) -> None:
+def check_operands(name: str, tensors: dict, dtype: torch.dtype) -> None:
     dev = next(iter(tensors.values())).device
     for key, t in tensors.items():
         if t.device != dev:
@@ -294,7 +296,7 @@ def _check(name: str, tensors: dict, dtype: torch.dtype) -> None:
         raise CCFastError(f"{name}: activations must be fp32, bf16 or fp16, got {dtype}")
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
+def unit_stride_rows(t: torch.Tensor) -> torch.Tensor:
     """t with unit stride along its last dimension (the kernels index rows by their stride)."""
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -316,11 +318,11 @@ def _conv1x1_relu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     if residual is not None and residual.shape != (M, N):
         raise _shape_error("conv1x1_relu", "residual", residual.shape, (M, N))
     named = {"x": x, "weight": weight, "bias": bias} | ({"residual": residual} if residual is not None else {})
-    _check("conv1x1_relu", named, x.dtype)
+    check_operands("conv1x1_relu", named, x.dtype)
     if weight.dtype != x.dtype:
         raise CCFastError(f"conv1x1_relu: weight dtype {weight.dtype} must match x's {x.dtype}")
-    x, weight = _rows(x), _rows(weight)
-    residual = _rows(residual) if residual is not None else None
+    x, weight = unit_stride_rows(x), unit_stride_rows(weight)
+    residual = unit_stride_rows(residual) if residual is not None else None
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     mask = torch.empty((M, mask_words(N)), dtype=torch.int32, device=x.device)
     if M == 0 or N == 0:
@@ -358,18 +360,18 @@ def _conv1x1_dgrad_op(dy: torch.Tensor, mask: torch.Tensor | None, weight: torch
     named = {"dy": dy, "weight": weight} | {k: v for k, v in (("mask", mask), ("residual", residual),
                                                               ("residual_mask", residual_mask),
                                                               ("out_mask", out_mask)) if v is not None}
-    _check("conv1x1_dgrad", named, dy.dtype)
+    check_operands("conv1x1_dgrad", named, dy.dtype)
     if weight.dtype != dy.dtype:
         raise CCFastError(f"conv1x1_dgrad: weight dtype {weight.dtype} must match dy's {dy.dtype}")
-    dy, weight = _rows(dy), _rows(weight)
+    dy, weight = unit_stride_rows(dy), unit_stride_rows(weight)
     dx = torch.empty((M, K), dtype=dy.dtype, device=dy.device)
     if M == 0 or K == 0:
         return dx
     # Absent optional tensors are passed as a dummy pointer their constexpr flag keeps unread.
-    m = _rows(mask) if mask is not None else dx
-    r = _rows(residual) if residual is not None else dx
-    rm = _rows(residual_mask) if residual_mask is not None else dx
-    om = _rows(out_mask) if out_mask is not None else dx
+    m = unit_stride_rows(mask) if mask is not None else dx
+    r = unit_stride_rows(residual) if residual is not None else dx
+    rm = unit_stride_rows(residual_mask) if residual_mask is not None else dx
+    om = unit_stride_rows(out_mask) if out_mask is not None else dx
     # Kernel GEMM names: output columns N := Cin (= K here), reduction K := Cout (= N here).
     _run(_conv1x1_dgrad_kernel, _DGRAD_TUNED, (M, K), N, blocks,
          (dy, m, weight, r, rm, om, dx, M, K, N, dy.stride(0), m.stride(0), weight.stride(0), r.stride(0),
@@ -384,23 +386,20 @@ def _(dy, mask, weight, residual, residual_mask, out_mask, blocks):
     return dy.new_empty((dy.shape[0], weight.shape[1]))
 
 
-def _as_rows(t: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+def to_rows(t: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
     """A 4-D (B, C, H, W) tensor as its channels_last rows (M, C) — a view when it is channels_last — and
     the (B, H, W) to fold results back; a 2-D tensor as it is."""
     if t.ndim == 2:
         return t, None
     if t.ndim != 4:
         raise CCFastError(f"conv1x1: activations must be (M, C) or (B, C, H, W), got {tuple(t.shape)}")
-    B, C, H, W = t.shape
-    return t.permute(0, 2, 3, 1).reshape(B * H * W, C), (B, H, W)
+    B, _, H, W = t.shape
+    return as_rows(t), (B, H, W)
 
 
-def _fold(rows: torch.Tensor, bhw: tuple | None) -> torch.Tensor:
+def fold_rows(rows: torch.Tensor, bhw: tuple | None) -> torch.Tensor:
     """(M, C) rows back to (B, C, H, W) in channels_last (a view), or as they are."""
-    if bhw is None:
-        return rows
-    B, H, W = bhw
-    return rows.view(B, H, W, rows.shape[1]).permute(0, 3, 1, 2)
+    return rows if bhw is None else from_rows(rows, bhw)
 
 
 def _weight2d(weight: torch.Tensor) -> torch.Tensor:
@@ -420,10 +419,10 @@ def conv1x1_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, resi
     channels (4-D: channels_last) in x's dtype, and the mask (M, ⌈Cout/32⌉) int32. `blocks` forces one
     (BLOCK_M, BLOCK_N, BLOCK_K) instead of autotuning (tests use it).
     """
-    rows, bhw = _as_rows(x)
-    res = _as_rows(residual)[0] if residual is not None else None
+    rows, bhw = to_rows(x)
+    res = to_rows(residual)[0] if residual is not None else None
     y, mask = torch.ops.ccfast.conv1x1_relu(rows, _weight2d(weight), bias, res, list(blocks) if blocks else None)
-    return _fold(y, bhw), mask
+    return fold_rows(y, bhw), mask
 
 
 def conv1x1_dgrad(dy: torch.Tensor, mask: torch.Tensor | None, weight: torch.Tensor,
@@ -436,8 +435,8 @@ def conv1x1_dgrad(dy: torch.Tensor, mask: torch.Tensor | None, weight: torch.Ten
     residual_mask and out_mask (M, ⌈Cin/32⌉) int32 or None. Returns dx shaped like dy with Cin channels
     (4-D: channels_last) in dy's dtype.
     """
-    rows, bhw = _as_rows(dy)
-    res = _as_rows(residual)[0] if residual is not None else None
+    rows, bhw = to_rows(dy)
+    res = to_rows(residual)[0] if residual is not None else None
     dx = torch.ops.ccfast.conv1x1_dgrad(rows, mask, _weight2d(weight), res, residual_mask, out_mask,
                                         list(blocks) if blocks else None)
-    return _fold(dx, bhw)
+    return fold_rows(dx, bhw)

@@ -18,8 +18,8 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton` of the kernels
 pytest.importorskip("triton", reason="the Triton kernels need `pip install 'ccfast[triton]'`")
 
-from ccfast.bottleneck import as_rows, bottleneck_torch  # noqa: E402
-from ccfast.conv1x1 import mask_words, pack_relu_mask, unpack_relu_mask  # noqa: E402
+from ccfast.bottleneck import bottleneck_torch  # noqa: E402
+from ccfast.conv1x1 import as_rows, mask_words, pack_relu_mask, unpack_relu_mask  # noqa: E402
 from ccfast.errors import CCFastError  # noqa: E402
 from ccfast.kernels.bottleneck import (  # noqa: E402
     bias_relu_mask,
