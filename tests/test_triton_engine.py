@@ -294,22 +294,28 @@ def test_bf16_error_is_within_plain_pytorch_bf16_error(fp32_exact, arch, size, B
     steps round differently, so their errors are of one size but not equal; 3× leaves room for that.
     The engine's defaults are on (bf16 weights, first convolution padded to 8 channels, BN folded);
     seen on an H200 with ResNet-20: engine 0.41 against plain bf16 0.39."""
-    model = _model(arch)
-    x0, labels, idx = _batch(B, size, seed=9)
+    eng, out, ref = _bf16_within_plain_bf16(_model(arch), *_batch(B, size, seed=9), **opts)
+    assert eng.timings().get("padded_convs"), "the 3-channel first convolution should have been padded"
+    torch.testing.assert_close(out.realness_final, ref.realness_final, rtol=0.05, atol=0.05)
+
+
+def _bf16_within_plain_bf16(model, x0, labels, idx, **opts):
+    """8 steps of the engine in bf16 (options `opts`), the fp32 reference and plain PyTorch bf16 on the same
+    batch: asserts ‖x_engine − x_fp32‖ ≤ 3·‖x_torch_bf16 − x_fp32‖ + 1e-3·‖x_fp32 − x0‖ and equal step counts;
+    returns (engine, its result, the reference's)."""
     config = RefineConfig(steps=8, alpha=0.3, eps=1.0, early_stop="none")
     scalars = _scalars(None, ell0=1.5)
     ref = TorchEngine(model, config, scalars, DEVICE).refine_batch(x0, labels, idx)
     plain_bf16 = TorchEngine(_Bf16Autocast(model), config, scalars, DEVICE).refine_batch(x0, labels, idx)
     eng = TritonEngine(model, config, scalars, DEVICE, dtype="bf16", **opts)
     out = eng.refine_batch(x0, labels, idx)
-    assert eng.timings().get("padded_convs"), "the 3-channel first convolution should have been padded"
     err_engine = float((out.images - ref.images).norm())
     err_plain = float((plain_bf16.images - ref.images).norm())
     moved = float((ref.images - x0).norm())
     print(f"bf16 error: engine {err_engine:.4g}, plain PyTorch bf16 {err_plain:.4g}, step length total {moved:.4g}")
     assert err_engine <= 3.0 * err_plain + 1e-3 * moved
     assert torch.equal(out.steps, ref.steps)
-    torch.testing.assert_close(out.realness_final, ref.realness_final, rtol=0.05, atol=0.05)
+    return eng, out, ref
 
 
 FUSED_GPU_CASES = [{"compile": "0"}, {"compile": "1"}]
@@ -337,17 +343,5 @@ def test_fused_net_fp32_graphs_match_reference(fp32_exact, opts):
 @pytest.mark.parametrize("opts", FUSED_GPU_CASES, ids=lambda o: f"compile{o['compile']}")
 def test_fused_net_bf16_error_is_within_plain_pytorch_bf16_error(fp32_exact, opts):
     """As test_bf16_error_is_within_plain_pytorch_bf16_error, for fused_net=1 (bf16 weights, stem padded to 8)."""
-    model = small_bottleneck_resnet(seed=4).to(DEVICE)
-    x0, labels, idx = _batch(64, 33, seed=9)
-    config = RefineConfig(steps=8, alpha=0.3, eps=1.0, early_stop="none")
-    scalars = _scalars(None, ell0=1.5)
-    ref = TorchEngine(model, config, scalars, DEVICE).refine_batch(x0, labels, idx)
-    plain_bf16 = TorchEngine(_Bf16Autocast(model), config, scalars, DEVICE).refine_batch(x0, labels, idx)
-    eng = TritonEngine(model, config, scalars, DEVICE, dtype="bf16", graphs="1", fused_net="1", **opts)
-    out = eng.refine_batch(x0, labels, idx)
-    err_engine = float((out.images - ref.images).norm())
-    err_plain = float((plain_bf16.images - ref.images).norm())
-    moved = float((ref.images - x0).norm())
-    print(f"fused bf16 error: engine {err_engine:.4g}, plain PyTorch bf16 {err_plain:.4g}, steps total {moved:.4g}")
-    assert err_engine <= 3.0 * err_plain + 1e-3 * moved
-    assert torch.equal(out.steps, ref.steps)
+    _bf16_within_plain_bf16(small_bottleneck_resnet(seed=4).to(DEVICE), *_batch(64, 33, seed=9), graphs="1",
+                            fused_net="1", **opts)
