@@ -2,8 +2,8 @@
 
 The rates are fitted to the stage records of the committed run (benchmarks/results/quality/records/, commit
 01e872f: one H200 per stage, ResNet-20 classifiers, batch 1000, 10k samples per file), corrected where the
-records of a later, unfinished run (commit 56fefaa, one H200, 2026-12-02; the stage records are described in
-benchmarks/quality/README.md, "Runs that did not finish") measured otherwise: the fast engine's set-up, the
+records of a later, unfinished run (commit 56fefaa, one H200, 2026-12-02; its records and their reading are in
+benchmarks/results/quality/attempt_56fefaa/) measured otherwise: the fast engine's set-up, the
 concurrency gain of untimed refinements, and evaluation, which is GPU-bound (fp32 Inception) and gains nothing
 from concurrent calls. They are an estimate for planning a run that must fit a lent machine's time, not a
 measurement; the run's own records are the measurement.

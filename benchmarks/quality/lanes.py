@@ -97,8 +97,7 @@ class LaneRunner:
         self.base = child_argv(argv)
         self.defer_timed = defer_timed
         self.out_dir, self.device, self.deadline, self.log = out_dir, device, deadline, log
-        self.done: set[str] = set()
-        self.done_in_lane: dict[int, set[str]] = {}
+        self.done_in_lane: dict[int, set[str]] = {}  # the stage groups each lane has finished
         self.cond = threading.Condition()
         self.failed: str | None = None
         self.paused = False
@@ -140,6 +139,11 @@ class LaneRunner:
                 self.cond.wait()
             return set(groups) <= self.done
 
+    @property
+    def done(self) -> set[str]:
+        """The stage groups some lane has finished."""
+        return set().union(*self.done_in_lane.values())
+
     def run_until(self, index: int, gpu: str | None, step: Step) -> int:
         """Run `step` again and again while the other lane works toward `step.until`, and once more after it has
         finished (so nothing it made is missed); each run does only what has become stale since the last."""
@@ -161,9 +165,7 @@ class LaneRunner:
             rc = self.run_until(index, gpu, step) if step.until else self.run_step(index, gpu, step)
             with self.cond:
                 if rc == 0:
-                    groups = {s.strip() for s in step.stages.split(",")}
-                    self.done.update(groups)
-                    self.done_in_lane.setdefault(index, set()).update(groups)
+                    self.done_in_lane.setdefault(index, set()).update(s.strip() for s in step.stages.split(","))
                 elif rc == EXIT_PAUSED:
                     self.paused = True
                 else:

@@ -596,8 +596,9 @@ class Suite:
             config = {"samples": self.runner.sha256(path), "ref": self.runner.sha256(self.ref_file), "network": network}
             eval_stages[name] = Stage(f"eval_{name}", config, [self.path("metrics", f"{name}.json")], None)
         names = [n for n, s in eval_stages.items() if self.runner.why_stale(s) is not None]
-        for name in set(eval_stages) - set(names):
-            self.runner.run(eval_stages[name])  # up to date: logged as skipped
+        for name in eval_stages:
+            if name not in names:
+                self.runner.run(eval_stages[name])  # up to date: logged as skipped
         lock = threading.Lock()
 
         def call(chunk: list[str], index: int) -> None:
