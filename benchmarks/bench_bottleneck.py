@@ -19,8 +19,9 @@ Both compute one block's share of a chain's forward + input gradient: the recipe
 output ReLU gradient to g itself; the fused dgrad receives dz = g ⊙ m3 from its consumer and applies the input's
 ReLU (in_mask) instead — one ReLU gradient per block either way. Each timed call is one CUDA-graph replay
 (`benchmarks/harness.py`: capture, event clock) of REPEAT calls rotating over input sets, so that a large
-shape does not run from L2 alone; µs are per call, the median of the replays. Correctness on the benchmark's own
-inputs: relative L2 error of y and dx (gated alike) against the recipe's.
+shape does not run from L2 alone; µs are per call, the median of the replays. x_vs_recipe is a row's rate over
+the faster of the two recipes on the same block and batch. Correctness on the benchmark's own inputs: relative L2
+error of y and dx (gated alike) against the recipe's.
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
     meta = run_metadata(device, args.commit)
     tag = torch.cuda.get_device_name().split()[-1].lower() if device.type == "cuda" else "cpu"
     report = Report(args.out, f"bench_bottleneck_{tag}_{meta['commit']}", FIELDS, meta,
-                    notes=__doc__.split("\n\n", 1)[1].strip(), ratios={"x_vs_recipe": BASELINE}, rate="calls_per_s",
+                    notes=__doc__.split("\n\n", 1)[1].strip(), ratios={"x_vs_recipe": RECIPES}, rate="calls_per_s",
                     group=("block", "batch"), short=["block", "batch", "method", "us", "x_vs_recipe", "rel_err_dx"])
     for B in batches if not args.smoke else [1]:
         for shape in SMOKE_SHAPES if args.smoke else SHAPES:

@@ -303,13 +303,14 @@ class Report:
     """Rows of one benchmark run, written to OUT/STEM.csv and OUT/STEM.md after every row (atomic).
 
     fields       column names (every row has them all; a missing one is "")
-    ratios       {column: baseline method}: the row's `rate` field over the baseline's, for rows of the same
-                 `group` key (e.g. arch and batch); the baseline's own row gets 1.0
+    ratios       {column: baseline method, or a tuple of them}: the row's `rate` field over the baseline's, for
+                 rows of the same `group` key (e.g. arch and batch); with a tuple, over the fastest of those
+                 methods in that group (the strongest contender); the baseline's own row gets 1.0
     short        columns of the plain-text table printed at the end
     meta         header lines (key: value), `notes`: free text under the header"""
 
     def __init__(self, out: Path, stem: str, fields: list[str], meta: dict[str, str], *, notes: str = "",
-                 ratios: dict[str, str] | None = None, rate: str = "image_steps_per_s",
+                 ratios: dict[str, str | tuple[str, ...]] | None = None, rate: str = "image_steps_per_s",
                  group: tuple[str, ...] = ("section", "batch"), short: list[str] | None = None,
                  echo: bool = True):
         self.out, self.stem, self.fields, self.meta, self.notes = Path(out), stem, fields, meta, notes
@@ -334,10 +335,12 @@ class Report:
 
     def compute_ratios(self) -> None:
         for column, baseline in self.ratios.items():
-            base = {}
+            methods = (baseline,) if isinstance(baseline, str) else tuple(baseline)
+            first: dict[tuple, dict[str, float]] = {}  # group -> method -> its first row's rate
             for r in self.rows:
-                if r.get("method") == baseline and isinstance(r[self.rate], (int, float)):
-                    base.setdefault(tuple(r[k] for k in self.group), r[self.rate])
+                if r.get("method") in methods and isinstance(r[self.rate], (int, float)):
+                    first.setdefault(tuple(r[k] for k in self.group), {}).setdefault(r["method"], r[self.rate])
+            base = {key: max(rates.values()) for key, rates in first.items()}
             for r in self.rows:
                 b = base.get(tuple(r[k] for k in self.group))
                 r[column] = round(r[self.rate] / b, 3) if b and isinstance(r[self.rate], (int, float)) else ""

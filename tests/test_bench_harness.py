@@ -94,6 +94,17 @@ def test_report_writes_csv_and_markdown_with_ratios_per_group(tmp_path):
     assert len(short) == 7 and short[2].split() == ["fast", "1", "250", "2.5"]
 
 
+def test_a_ratio_against_several_baselines_takes_the_fastest_in_each_group(tmp_path):
+    fields = ["section", "method", "batch", "image_steps_per_s", "x_vs_best", "notes"]
+    r = Report(tmp_path / "out", "bench_y", fields, {}, ratios={"x_vs_best": ("recipe a", "recipe b")}, echo=False)
+    r.add(section="s", method="recipe a", batch=1, image_steps_per_s=100.0)
+    r.add(section="s", method="recipe b", batch=1, image_steps_per_s=200.0)
+    r.add(section="s", method="fast", batch=1, image_steps_per_s=300.0)
+    r.add(section="s", method="recipe a", batch=2, image_steps_per_s=80.0)  # recipe b did not run here
+    r.add(section="s", method="fast", batch=2, image_steps_per_s=120.0)
+    assert [row["x_vs_best"] for row in r.rows] == [0.5, 1.0, 1.5, 1.0, 1.5]
+
+
 def test_report_refuses_an_unknown_column(tmp_path):
     with pytest.raises(ValueError, match="no column"):
         _report(tmp_path).add(method="m", colour="red")
