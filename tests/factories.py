@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
+
+
+def triton_kernels_or_skip(reason: str) -> bool:
+    """Call at the top of a test module that imports Triton kernels, before it imports them: without a CUDA GPU it
+    sets TRITON_INTERPRET=1 (which must precede the first `import triton`) so they run through Triton's
+    interpreter on CPU tensors; skips the module without triton (`reason`), or when triton was already imported
+    without the interpreter. Returns whether a CUDA GPU is there."""
+    import pytest
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton", reason=reason)
+    from ccfast.kernels.pgd_step import interpreted
+
+    if not cuda and not interpreted():
+        pytest.skip("no CUDA GPU and the kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
+    return cuda
 
 
 def randomize_batchnorm(model):

@@ -8,15 +8,12 @@ odd spatial sizes, batch 1, stride 1 and 2, widths and channel counts that are n
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton` of the kernels
-pytest.importorskip("triton", reason="the Triton kernels need `pip install 'ccfast[triton]'`")
+from factories import triton_kernels_or_skip
+
+CUDA = triton_kernels_or_skip("the Triton kernels need `pip install 'ccfast[triton]'`")
 
 from ccfast.bottleneck import bottleneck_torch  # noqa: E402
 from ccfast.conv1x1 import as_rows, mask_words, pack_relu_mask, unpack_relu_mask  # noqa: E402
@@ -28,14 +25,11 @@ from ccfast.kernels.bottleneck import (  # noqa: E402
     bottleneck_fwd,
     bottleneck_fwd_ref,
     fold_bottleneck,
-    interpreted,
     relu_mask_gate,
 )
 from ccfast.models import Bottleneck  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-if not CUDA and not interpreted():
-    pytest.skip("no CUDA GPU and the kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
 
 DTYPES = (torch.float32, torch.bfloat16)
 # (B, Cin, planes, stride, H, W): width = planes, Cout = 4·planes. Stride 2 with a downsample over an odd input

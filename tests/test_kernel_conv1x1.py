@@ -8,15 +8,12 @@ on CPU tensors (TRITON_INTERPRET=1, set before the kernels are imported) with sm
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton` of the kernels
-pytest.importorskip("triton", reason="the Triton kernels need `pip install 'ccfast[triton]'`")
+from factories import triton_kernels_or_skip
+
+CUDA = triton_kernels_or_skip("the Triton kernels need `pip install 'ccfast[triton]'`")
 
 from ccfast.conv1x1 import (  # noqa: E402
     conv1x1_dgrad_ref,
@@ -26,11 +23,9 @@ from ccfast.conv1x1 import (  # noqa: E402
     unpack_relu_mask,
 )
 from ccfast.errors import CCFastError  # noqa: E402
-from ccfast.kernels.conv1x1 import conv1x1_dgrad, conv1x1_relu, interpreted  # noqa: E402
+from ccfast.kernels.conv1x1 import conv1x1_dgrad, conv1x1_relu  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-if not CUDA and not interpreted():
-    pytest.skip("no CUDA GPU and the kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
 
 DTYPES = (torch.float32, torch.bfloat16)
 # (M, K, N): M not a multiple of any tile, batch-1-sized M (4, 9), ragged K (48, 40, 200), N not a multiple

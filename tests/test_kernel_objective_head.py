@@ -9,18 +9,16 @@ B=256 rows of the matrix thinned to keep the interpreter under a few seconds.
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton` of the kernels
-pytest.importorskip("triton", reason="the Triton kernels need `pip install 'ccfast[triton]'`")
+from factories import triton_kernels_or_skip
+
+CUDA = triton_kernels_or_skip("the Triton kernels need `pip install 'ccfast[triton]'`")
 
 from ccfast.errors import CCFastError  # noqa: E402
-from ccfast.kernels.objective_head import interpreted, objective_head  # noqa: E402
+from ccfast.kernels.objective_head import objective_head  # noqa: E402
 from ccfast.objectives import (  # noqa: E402
     OBJECTIVES,
     REALNESS,
@@ -30,8 +28,6 @@ from ccfast.objectives import (  # noqa: E402
 )
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-if not CUDA and not interpreted():
-    pytest.skip("no CUDA GPU and the kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BATCHES, CLASSES = (1, 3, 17, 256), (10, 1000, 1001)

@@ -8,23 +8,19 @@ B=256 rows thinned.
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton` of the kernels
-pytest.importorskip("triton", reason="the Triton kernels need `pip install 'ccfast[triton]'`")
+from factories import triton_kernels_or_skip
+
+CUDA = triton_kernels_or_skip("the Triton kernels need `pip install 'ccfast[triton]'`")
 
 from ccfast.errors import CCFastError  # noqa: E402
-from ccfast.kernels.pgd_step import MAX_SINGLE_BLOCK, interpreted, pgd_step  # noqa: E402
+from ccfast.kernels.pgd_step import MAX_SINGLE_BLOCK, pgd_step  # noqa: E402
 from ccfast.pgd import per_example_l2_norm, pgd_step_ref  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-if not CUDA and not interpreted():
-    pytest.skip("no CUDA GPU and the kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
 
 BATCHES, SIZES, DTYPES = (1, 3, 17, 256), (32, 37, 64), (torch.float32, torch.bfloat16)
 # Both sides do fp32 math; the per-image sums differ in order only (~1e-7 relative), so fp32 results agree

@@ -9,31 +9,24 @@ still runs on CPU with graphs and compile off and the kernels under Triton's int
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton` of the kernels
-pytest.importorskip("triton", reason="the triton engine needs `pip install 'ccfast[triton]'`")
+from factories import randomize_batchnorm, small_bottleneck_resnet, triton_kernels_or_skip
+
+CUDA = triton_kernels_or_skip("the triton engine needs `pip install 'ccfast[triton]'`")
 
 from ccfast.config import RefineConfig  # noqa: E402
 from ccfast.errors import CCFastError  # noqa: E402
-from ccfast.kernels.pgd_step import interpreted  # noqa: E402
 from ccfast.models import build_model  # noqa: E402
 from ccfast.objectives import HeadParams, objective_ref  # noqa: E402
 from ccfast.refine.base import ResolvedScalars  # noqa: E402
 from ccfast.refine.torch_engine import TorchEngine  # noqa: E402
 from ccfast.refine.triton_engine import TritonEngine  # noqa: E402
-from factories import randomize_batchnorm, small_bottleneck_resnet  # noqa: E402
 
 needs_gpu = pytest.mark.skipif(
     not CUDA, reason="CUDA graphs and the compiled engine need a CUDA GPU (the loop logic is tested on CPU)"
 )
-if not CUDA and not interpreted():
-    pytest.skip("no CUDA GPU and the kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 # The loop without graphs or compile: runs on CPU (interpreted kernels) and on a GPU alike.
