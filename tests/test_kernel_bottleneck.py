@@ -85,7 +85,7 @@ def _assert_bf16_like_torch(out, ref_fp32, torch_bf16):
 def _check_masks(saved, saved_ref, pres, y, dtype):
     """The output mask is y > 0 exactly (one value); every mask equals the reference's wherever the fp32
     pre-activation is clear of rounding (fp32: 1e-5 of its range; bf16: 1/32 of it, bf16 intermediates move
-    pre-activations by a few bf16 ulps of the largest), and such places are nearly all of them."""
+    pre-activations by a few bf16 ulps of the largest), and such places are most of them."""
     assert saved.mask1.shape == saved_ref.mask1.shape and saved.mask2.shape == saved_ref.mask2.shape
     assert saved.mask_out.shape == saved_ref.mask_out.shape and saved.in_hw == saved_ref.in_hw
     assert torch.equal(saved.mask_out.cpu(), pack_relu_mask(as_rows(y.float().cpu()) > 0))
@@ -95,7 +95,10 @@ def _check_masks(saved, saved_ref, pres, y, dtype):
         bits = unpack_relu_mask(mine.cpu(), mask_words(C) * 32)
         assert not bits[:, C:].any(), "bits past the last channel must be 0"
         clear = pre.abs().cpu() > (1e-5 if dtype == torch.float32 else 2**-5) * pre.abs().max().cpu()
-        assert clear.float().mean() > 0.8, "too few unambiguous bits to test anything"
+        # At least 60%: the H200 run at 325e154 had 77.5% clear for B8-C256 bf16 (heavy-tailed pre-activations
+        # make 1/32 of the largest a wide band), which the old 80% guard failed; 60% of B·H·W·C is still
+        # thousands of bits, and a wrong mask flips about half of them.
+        assert clear.float().mean() > 0.6, "too few unambiguous bits to test anything"
         assert torch.equal(bits[:, :C][clear], unpack_relu_mask(ref.cpu(), C)[clear])
 
 

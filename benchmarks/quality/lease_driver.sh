@@ -2,7 +2,7 @@
 # The quality suite on one lent GPU machine, detached from the device call that starts it (README, "Next run").
 #
 #   setsid nohup bash benchmarks/quality/lease_driver.sh COMMIT LEASE_START_EPOCH [GPU_TESTS=0|1] [SUITE ARGS...] \
-#       > runs/driver.log 2>&1 < /dev/null &
+#       > /tmp/ccq-driver.log 2>&1 < /dev/null &
 #
 # Reads QUALITY_DATA (default /tmp/data: pack_data unpack's output, at least the training shards; the rest may
 # still be arriving) and writes under QUALITY_OUT (default runs/quality).
@@ -16,10 +16,16 @@
 #   model's training, which count iterations, not minutes, and end before the final step times its refinements
 #   alone; with few threads, because at -n 8 they starved the training of CPU.
 # - Exit codes go to QUALITY_OUT/suite.rc and QUALITY_OUT/gpu_tests.rc.
+# - Runs from a private copy of the tree (QUALITY_TREE, default /tmp/ccq-COMMIT): every device call replaces the
+#   working tree's files while it copies them in, and a stage that imports a module at that moment fails (the
+#   325e154 attempt lost clf_robust to `No module named 'ccfast.devices'`). A relative QUALITY_OUT is under it.
 set -u
 cd "$(dirname "$0")/../.."
 COMMIT=$1 START=$2 GPU_TESTS=${3:-0}
 shift $(( $# < 3 ? $# : 3 ))
+TREE=${QUALITY_TREE:-/tmp/ccq-$COMMIT}
+rm -rf "$TREE" && mkdir -p "$TREE" && tar --exclude=./runs --exclude=./.git -c . | tar -C "$TREE" -x || exit 1
+cd "$TREE"
 DATA=${QUALITY_DATA:-/tmp/data} OUT=${QUALITY_OUT:-runs/quality}
 mkdir -p "$OUT"
 log() { echo "[driver $(date +%T) +$(( $(date +%s) - START ))s] $*"; }
@@ -36,7 +42,7 @@ if [ "$GPU_TESTS" = 1 ]; then
       tests/test_fused_resnet.py tests/test_engine_options.py tests/test_devices.py > "$OUT/gpu_tests.txt" 2>&1
     echo $? > "$OUT/gpu_tests.rc"; log "GPU tests exit $(cat "$OUT/gpu_tests.rc")" ) &
 fi
-log "suite, deadline $LEFT_MIN min: ${BASE[*]} --lanes 2 --share-gpu"
+log "tree $TREE"; log "suite, deadline $LEFT_MIN min: ${BASE[*]} --lanes 2 --share-gpu"
 "${BASE[@]}" --lanes 2 --share-gpu --deadline-minutes "$LEFT_MIN"; rc=$?
 log "suite exit $rc"
 if [ $rc = 3 ]; then "${BASE[@]}" --stages report; log "report exit $?"; fi
