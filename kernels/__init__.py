@@ -3,7 +3,7 @@
     objective_head  logits -> J, realness ℓ_fake, dJ/dlogits, updated early-stop mask   (SPEC §2, §4)
     pgd_step        x, ∇J -> clamp(Π_{B2(x0, ε)}(x − α·g/‖g‖₂), 0, 1) on active rows     (SPEC §3.4, §4)
     conv1x1         1×1 convolutions as GEMMs: relu(x Wᵀ + b (+ r)) with a bit-packed ReLU mask, and the
-                    input gradient with ReLU masks and a residual fused (issue 12; not yet in the engine)
+                    input gradient with ReLU masks and a residual fused (issue 12; in the engine through bottleneck)
     bottleneck      one ResNet bottleneck block, forward (ReLU masks saved, no activations) and input
                     gradient: conv1x1's ops, cuDNN 3×3s, and two pointwise kernels (bias + ReLU + mask;
                     mask gate) (issue 12; the triton engine's fused_net=1 composes them into the whole

@@ -28,12 +28,12 @@ def samples_file(tmp_path):
 
 
 @pytest.fixture
-def exact_fp32_convolutions():
-    """fp32 cuDNN convolutions without TF32 for the test, restored after: on a GPU, TF32 would make a fused path
-    or its reference the less exact side of an fp32 comparison."""
+def fp32_without_tf32():
+    """Plain fp32 matmuls and cuDNN convolutions (TF32 off) for the test, restored after: on a GPU, TF32 would
+    make a fast path or its reference the less exact side of an fp32 comparison."""
     import torch
 
-    before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
-    torch.backends.cudnn.allow_tf32 = before
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

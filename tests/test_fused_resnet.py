@@ -41,7 +41,7 @@ def _autograd(model, x, dlogits):
     return logits.detach(), g
 
 
-pytestmark = pytest.mark.usefixtures("exact_fp32_convolutions")  # conftest.py
+pytestmark = pytest.mark.usefixtures("fp32_without_tf32")  # conftest.py
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])

@@ -43,7 +43,7 @@ BLOCKS = (64, 64, 32) if CUDA else None  # the 1×1 GEMMs' tile: fixed on a GPU 
 TOL_FP32 = {"rtol": 1e-5, "atol": 1e-5}
 
 
-pytestmark = pytest.mark.usefixtures("exact_fp32_convolutions")  # conftest.py
+pytestmark = pytest.mark.usefixtures("fp32_without_tf32")  # conftest.py
 
 
 def _block(cin, planes, stride, seed):

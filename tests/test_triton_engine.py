@@ -90,21 +90,11 @@ def _run_both(model, config, scalars, x0, labels, idx, **opts):
     return eng, eng.refine_batch(x0, labels, idx), ref
 
 
-@pytest.fixture
-def fp32_exact():
-    """The reference runs with TF32 off too, so both sides are plain fp32."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-
 # ---------------------------------------------------------------- loop logic (CPU too: no graphs, no compile)
 
 
 @pytest.mark.parametrize("compact_every", [1, 3, 100])
-def test_loop_matches_reference_with_compaction(fp32_exact, compact_every):
+def test_loop_matches_reference_with_compaction(fp32_without_tf32, compact_every):
     model = _model()
     x0, labels, idx = _batch(17, 16)
     tau = _splitting_tau(model, x0, labels)
@@ -117,7 +107,7 @@ def test_loop_matches_reference_with_compaction(fp32_exact, compact_every):
         assert len(buckets) > 1, "stopped images should have been compacted into a smaller bucket"
 
 
-def test_no_early_stop_zero_steps_and_other_objectives(fp32_exact):
+def test_no_early_stop_zero_steps_and_other_objectives(fp32_without_tf32):
     model = _model()
     x0, labels, idx = _batch(5, 16, seed=3)
     for config, scalars in [
@@ -129,7 +119,7 @@ def test_no_early_stop_zero_steps_and_other_objectives(fp32_exact):
         _compare_exact(out, ref, x0, atol=1e-5)
 
 
-def test_batch_smaller_than_min_bucket_and_reuse(fp32_exact):
+def test_batch_smaller_than_min_bucket_and_reuse(fp32_without_tf32):
     model = _model()
     config = RefineConfig(steps=3, alpha=0.3, eps=1.0, early_stop="none")
     eng = TritonEngine(model, config, _scalars(None, ell0=1.0), DEVICE, min_bucket=4, **LOOP_OPTS)
@@ -140,7 +130,7 @@ def test_batch_smaller_than_min_bucket_and_reuse(fp32_exact):
     assert sorted(eng.timings()["capture_s"]) == [4], "batches of 1 and 3 both run in the one bucket of 4"
 
 
-def test_refiner_runs_the_triton_engine(tiny_ckpt, fp32_exact):
+def test_refiner_runs_the_triton_engine(tiny_ckpt, fp32_without_tf32):
     """Through the public API, with engine options as the CLI passes them (strings)."""
     import ccfast
     from factories import make_samples
@@ -183,7 +173,7 @@ def test_options_are_parsed_and_checked():
 
 @pytest.mark.parametrize("B,H,W,steps,early_stop", [(1, 21, 19, 2, False), (3, 17, 15, 3, True)],
                          ids=["B1-no-stop", "B3-early-stop"])
-def test_fused_net_refines_like_the_reference(fp32_exact, B, H, W, steps, early_stop):
+def test_fused_net_refines_like_the_reference(fp32_without_tf32, B, H, W, steps, early_stop):
     """fused_net=1 on a small bottleneck ResNet (fp32, loop on CPU): images, step counts, stop masks and
     statistics as the reference engine's. With early stopping τ splits the batch (one image stops at t=0) and
     compact_every=1 moves the others through smaller buckets."""
@@ -226,7 +216,7 @@ def test_fused_net_refuses_other_networks_and_fold_bn_0():
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch,size,compile_", [("tiny", 32, "0"), ("cifar_resnet20", 32, "0"), ("tiny", 32, "1")])
 @pytest.mark.parametrize("compact_every", [2, 100])
-def test_fp32_graphs_match_reference(fp32_exact, arch, size, compile_, compact_every):
+def test_fp32_graphs_match_reference(fp32_without_tf32, arch, size, compile_, compact_every):
     model = _model(arch)
     x0, labels, idx = _batch(37, size, seed=7)
     tau = _splitting_tau(model, x0, labels)
@@ -245,7 +235,7 @@ def test_fp32_graphs_match_reference(fp32_exact, arch, size, compile_, compact_e
 
 @needs_gpu
 @pytest.mark.gpu
-def test_fp32_graphs_odd_batches_and_objectives(fp32_exact):
+def test_fp32_graphs_odd_batches_and_objectives(fp32_without_tf32):
     model = _model()
     for B, objective, realness, eps in (
         (1, "eq12", "logit", 1.0),
@@ -282,7 +272,7 @@ BF16_CASES = (
 
 
 @pytest.mark.parametrize("arch,size,B,opts", BF16_CASES, ids=lambda v: str(v))
-def test_bf16_error_is_within_plain_pytorch_bf16_error(fp32_exact, arch, size, B, opts):
+def test_bf16_error_is_within_plain_pytorch_bf16_error(fp32_without_tf32, arch, size, B, opts):
     """‖x_engine − x_fp32‖ ≤ 3·‖x_torch_bf16 − x_fp32‖ (+ a floor): two bf16 computations of the same
     steps round differently, so their errors are of one size but not equal; 3× leaves room for that.
     The engine's defaults are on (bf16 weights, first convolution padded to 8 channels, BN folded);
@@ -317,7 +307,7 @@ FUSED_GPU_CASES = [{"compile": "0"}, {"compile": "1"}]
 @needs_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("opts", FUSED_GPU_CASES, ids=lambda o: f"compile{o['compile']}")
-def test_fused_net_fp32_graphs_match_reference(fp32_exact, opts):
+def test_fused_net_fp32_graphs_match_reference(fp32_without_tf32, opts):
     """fused_net=1 in CUDA graphs (fp32, TF32 off), compiled or not, with compaction: as the reference engine."""
     model = small_bottleneck_resnet(seed=3).to(DEVICE)
     x0, labels, idx = _batch(37, 33, seed=7)
@@ -334,7 +324,7 @@ def test_fused_net_fp32_graphs_match_reference(fp32_exact, opts):
 @needs_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("opts", FUSED_GPU_CASES, ids=lambda o: f"compile{o['compile']}")
-def test_fused_net_bf16_error_is_within_plain_pytorch_bf16_error(fp32_exact, opts):
+def test_fused_net_bf16_error_is_within_plain_pytorch_bf16_error(fp32_without_tf32, opts):
     """As test_bf16_error_is_within_plain_pytorch_bf16_error, for fused_net=1 (bf16 weights, stem padded to 8)."""
     _bf16_within_plain_bf16(small_bottleneck_resnet(seed=4).to(DEVICE), *_batch(64, 33, seed=9), graphs="1",
                             fused_net="1", **opts)

@@ -256,19 +256,19 @@ class TritonEngine(Engine):
     def _prepare_fused(self, model: torch.nn.Module):
         """fused_net=1: the folded weights of the bottleneck ResNet (a one-line error for another network), in the
         engine's dtype (fp32 on CPU), the stem padded to 8 input channels in bf16/fp16 as pad_channels says."""
-        from ..fused_resnet import FusedResNetWeights, check_supported
+        from ..fused_resnet import FusedResNetWeights
 
         try:
-            check_supported(model)
+            weights = FusedResNetWeights.from_model(model)  # checks the network first (check_supported)
         except CCFastError as exc:
             raise CCFastError(f"engine 'triton' option fused_net=1: {exc}") from None
-        from . import fused_net  # imports the kernels (triton): only when asked for
+        from . import fused_net  # imports the kernels (triton): only when asked for, for a supported network
 
         self._fused_ops = fused_net
         dtype = self._autocast_dtype or torch.float32
         pad = 8 if self.opts.pad_channels and self._autocast_dtype is not None else 0
         self._timings["fold_bn"] = "on"
-        return FusedResNetWeights.from_model(model).cast(dtype, self.device, pad_channels=pad)
+        return weights.cast(dtype, self.device, pad_channels=pad)
 
     @contextlib.contextmanager
     def _precision(self):
