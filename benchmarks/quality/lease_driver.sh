@@ -6,7 +6,8 @@
 #
 # Reads QUALITY_DATA (default /tmp/data: pack_data unpack's output, at least the training shards; the rest may
 # still be arriving) and writes under QUALITY_OUT (default runs/quality).
-# - Runs the suite in two lanes on the one GPU, with a deadline 3 minutes before the lease's 30 minutes end.
+# - Runs the suite in two lanes on the one GPU, with a deadline 3 minutes before the lease's LEASE_MINUTES (default
+#   30) end.
 #   SUITE ARGS are appended, so they override the defaults below (the CPU test runs it with --smoke --device cpu).
 # - Writes the report to QUALITY_OUT/results: the device's copy of the tree restores the committed files in
 #   benchmarks/results/. If the deadline stops the suite (exit code 3), it writes the report from whatever was
@@ -29,7 +30,10 @@ cd "$TREE"
 DATA=${QUALITY_DATA:-/tmp/data} OUT=${QUALITY_OUT:-runs/quality}
 mkdir -p "$OUT"
 log() { echo "[driver $(date +%T) +$(( $(date +%s) - START ))s] $*"; }
-LEFT_MIN=$(python3 -c "import time; print(round(max(1.0, ($START + 27 * 60 - time.time()) / 60), 2))")
+# LEASE_MINUTES: the device time this session has left when the lease starts (status's budget_left_s / 60), when
+# failed start-ups have already spent part of the 30 minutes.
+LEASE_MIN=${LEASE_MINUTES:-30}
+LEFT_MIN=$(python3 -c "import time; print(round(max(1.0, ($START + ($LEASE_MIN - 3) * 60 - time.time()) / 60), 2))")
 BASE=(python -m benchmarks.quality.run --data-dir "$DATA" --out-dir "$OUT" --results-dir "$OUT/results"
       --device cuda --inception "$DATA/inception/default_1.pt" --commit "$COMMIT" --no-act --gen-iters 3115
       --workers 4 --quiet "$@")
