@@ -1,5 +1,6 @@
 """The fused bottleneck block (`kernels/bottleneck.py`) against the compiled plain-PyTorch recipe, forward + input
-gradient, on ResNet-50's 16 blocks at 64×64 input (issue 12). Not yet run on a GPU.
+gradient, on ResNet-50's 16 blocks at 64×64 input (issue 12). First H200 run:
+benchmarks/results/bench_bottleneck_h200_1bdda65.md.
 
     python benchmarks/bench_bottleneck.py --out benchmarks/results    # GPU: bench_bottleneck_<card>_<commit>.md/.csv
     python benchmarks/bench_bottleneck.py --smoke --out /tmp/x        # CPU, Triton's interpreter: tiny blocks, fp32
@@ -157,15 +158,20 @@ def _summary(rows) -> str:
     best recipe of each shape."""
     lines = ["| batch | method | µs, 16 blocks | × best recipe per block |", "|---|---|---|---|"]
     for B in sorted({r["batch"] for r in rows}, reverse=True):
-        mine = [r for r in rows if r["batch"] == B and isinstance(r["us"], float) and r["us"] == r["us"]]
-        totals = {}
-        for m in dict.fromkeys(r["method"] for r in mine):
+        timed = [r for r in rows if r["batch"] == B]
+        mine = [r for r in timed if isinstance(r["us"], float) and r["us"] == r["us"]]
+        totals, failed = {}, {}
+        for m in dict.fromkeys(r["method"] for r in timed):
+            failed[m] = [r["block"] for r in timed if r["method"] == m and r not in mine]
             totals[m] = sum(r["us"] * r["count"] for r in mine if r["method"] == m)
         best = {r["block"]: min(o["us"] for o in mine if o["block"] == r["block"] and o["method"] in RECIPES)
                 for r in mine if r["method"] in RECIPES}
         base = sum(us * next(r["count"] for r in mine if r["block"] == b) for b, us in best.items())
         for m, t in totals.items():
-            lines.append(f"| {B} | {m} | {t:.1f} | {base / t:.2f}× |" if base else f"| {B} | {m} | {t:.1f} | |")
+            if failed[m]:  # a sum without those blocks would read as a faster method
+                lines.append(f"| {B} | {m} | — | — (failed on {', '.join(failed[m])}) |")
+            else:
+                lines.append(f"| {B} | {m} | {t:.1f} | {base / t:.2f}× |" if base else f"| {B} | {m} | {t:.1f} | |")
     return "\n".join(lines)
 
 

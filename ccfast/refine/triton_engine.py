@@ -30,7 +30,8 @@ batching), which a CUDA graph cannot replay; `ccfast.Refiner` runs it on the ref
 Options (`--engine-option KEY=VALUE`, or keyword arguments of `Refiner`; parsed by refine/options.py):
     dtype=bf16|fp16|fp32   network precision (autocast); default bf16 on CUDA, fp32 on CPU
     tf32=0|1               TF32 convolutions/matmuls when dtype=fp32 (default 0: exact fp32)
-    compile=0|1            Inductor-compile forward + head + backward (default 1 on CUDA)
+    compile=0|1            Inductor-compile forward + head + backward (default 1 on CUDA; 0 and refused with
+                           fused_net=1)
     graphs=0|1             capture the step loop in CUDA graphs (default 1; CUDA only)
     channels_last=0|1      NHWC activations (default 1)
     fold_bn=0|1            fold eval-mode BatchNorm into convolutions (default 1)
@@ -43,7 +44,9 @@ Options (`--engine-option KEY=VALUE`, or keyword arguments of `Refiner`; parsed 
     fused_net=0|1          1: the network's forward and input gradient without autograd, from the fused bottleneck
                            blocks (refine/fused_net.py; ReLU masks and the max-pool's window offsets saved, no
                            activation); bottleneck ResNets only (resnet50, wide_resnet50_2), else a one-line
-                           error; BatchNorm always folded, weights always cast; default 0. Not yet measured on a GPU
+                           error; BatchNorm always folded, weights always cast, never compiled; default 0. Measured
+                           slower than the default path (H200, ResNet-50 64×64 bf16: 0.69× the compile+graph
+                           recipe at B=256, benchmarks/results/bench_refine_h200_1bdda65_fused.md)
 
 With fused_net=1 the per-step function is `_fused_step`: logits and the saved masks from the fused forward,
 objective_head, the same bookkeeping, and g from the fused input gradient seeded with the head's dJ/dlogits;
@@ -99,7 +102,14 @@ class TritonOptions:
     def parse(cls, given: dict, device: torch.device) -> TritonOptions:
         values = options.parse_options("triton", OPTIONS, given)
         cuda = device.type == "cuda"
-        for name, default in (("dtype", "bf16" if cuda else "fp32"), ("compile", cuda), ("graphs", cuda)):
+        if values["fused_net"] and values["compile"]:
+            # H200, torch 2.11 (stop 20): Inductor fails to generate its max-pool backward's scatter-add with a
+            # symbolic batch size (InductorError in value ranges), and the fused network's kernels are custom ops
+            # it cannot fuse anyway.
+            raise CCFastError("engine 'triton' option fused_net=1 runs without torch.compile: drop compile=1 "
+                              "(Inductor fails on its max-pool backward)")
+        compile_default = cuda and not values["fused_net"]
+        for name, default in (("dtype", "bf16" if cuda else "fp32"), ("compile", compile_default), ("graphs", cuda)):
             if values[name] is None:
                 values[name] = default
         if values["min_bucket"] is None:  # size 1 would compile a second graph
