@@ -153,16 +153,21 @@ def bench_block(shape: Block, B: int, device, dtype, compile_fn, reps: int, repe
                    notes=notes)
 
 
+def _timed(row) -> bool:
+    """A row that has a time: a failed contender's row has NaN µs."""
+    return isinstance(row["us"], float) and row["us"] == row["us"]
+
+
 def _summary(rows) -> str:
     """µs over ResNet-50's 16 blocks (each distinct shape × its count), per batch and method, and against the
     best recipe of each shape."""
     lines = ["| batch | method | µs, 16 blocks | × best recipe per block |", "|---|---|---|---|"]
     for B in sorted({r["batch"] for r in rows}, reverse=True):
-        timed = [r for r in rows if r["batch"] == B]
-        mine = [r for r in timed if isinstance(r["us"], float) and r["us"] == r["us"]]
+        batch = [r for r in rows if r["batch"] == B]
+        mine = [r for r in batch if _timed(r)]
         totals, failed = {}, {}
-        for m in dict.fromkeys(r["method"] for r in timed):
-            failed[m] = [r["block"] for r in timed if r["method"] == m and r not in mine]
+        for m in dict.fromkeys(r["method"] for r in batch):
+            failed[m] = [r["block"] for r in batch if r["method"] == m and not _timed(r)]
             totals[m] = sum(r["us"] * r["count"] for r in mine if r["method"] == m)
         best = {r["block"]: min(o["us"] for o in mine if o["block"] == r["block"] and o["method"] in RECIPES)
                 for r in mine if r["method"] in RECIPES}
