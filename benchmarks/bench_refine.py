@@ -239,9 +239,17 @@ def _triton(b: Bench, pool: InputPool, key: str, label: str, options: dict) -> l
     t = eng.timings()
     bucket = eng._buckets[eng._bucket_size(pool.batch, initial=True)]
     opts = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+    # Before capturing graphs the engine times its first warm-up step as compile_s, compiled or not (with
+    # compile=0 that is Triton JIT, autotuning, cuDNN plans), so the note says which it was.
+    if eng.opts.compile:
+        first = f"compile {t['compile_s']:.1f}s once per engine"
+    elif eng.opts.graphs:
+        first = f"first warm-up step (no compile) {t['compile_s']:.1f}s once per engine"
+    else:
+        first = "no compile"
     rows = [Timed(label, eng.opts.dtype, call, load, b.args.steps,
                   notes=f"{opts}; refine_batch wall / T (includes the final forward and host work), bucket "
-                        f"{bucket.size}; compile {t['compile_s']:.1f}s once per engine; fold_bn {t['fold_bn']}")]
+                        f"{bucket.size}; {first}; fold_bn {t['fold_bn']}")]
     if eng.opts.graphs:
         graph = bucket.graphs[(eng._K, True)]
 
