@@ -11,6 +11,10 @@ layer{2,3,4}.0 (stride 2, downsample) and the identity blocks; the 8 distinct sh
 
     fused                  bottleneck_fwd + bottleneck_dgrad (mask1="gate": relu_mask_gate after the 3×3 dgrad)
     fused, m1 in prologue  the same with m1 applied by conv1's dgrad while loading (mask1="prologue")
+    cudnn                  every convolution one cuDNN graph with its epilogue (kernels/cudnn_conv.py through
+                           ccfast.conv_epilogue.activation_saving_ops: bias, residual, ReLU; dgrad + residual +
+                           ReLU gate), ReLU outputs saved; needs nvidia-cudnn-frontend (a row saying why without
+                           it). --smoke runs the same composition with the `_ref` ops
     compile+graph recipe   torch.compile of y, vjp = torch.func.vjp(block, x); dx = vjp(g) — the plain block
                            (`ccfast.bottleneck.bottleneck_torch`), Inductor's pointwise kernels, cuDNN convolutions
     compile+graph autograd the compiled block's forward, then torch.autograd.grad(y, x, g) (AOTAutograd's
@@ -126,8 +130,14 @@ def bench_block(shape: Block, B: int, device, dtype, compile_fn, reps: int, repe
         y = fwd_c(xs_req[i])
         return y, torch.autograd.grad(y, xs_req[i], gs[i])[0]
 
+    act_ops = _activation_ops(device)
+
+    def cudnn_block(i):  # x = relu(u) is its own gate: x > 0 ⇔ u > 0, the in_mask of the fused path
+        y, saved = act_ops.block_fwd(xs[i], q)
+        return y, act_ops.block_dgrad(dzs[i], saved, q, xs[i])
+
     impls = {"fused": lambda i: fused(i, "gate"), "fused, m1 in prologue": lambda i: fused(i, "prologue"),
-             BASELINE: lambda i: recipe_c(xs[i], gs[i]), RECIPES[1]: autograd_recipe}
+             "cudnn": cudnn_block, BASELINE: lambda i: recipe_c(xs[i], gs[i]), RECIPES[1]: autograd_recipe}
     y_r, dx_r = impls[BASELINE](0)
     keep_in = unpack_relu_mask(in_masks[0], shape.cin).view(B, shape.hw, shape.hw, -1).permute(0, 3, 1, 2)
     dx_r = torch.where(keep_in, dx_r, 0)
@@ -151,6 +161,17 @@ def bench_block(shape: Block, B: int, device, dtype, compile_fn, reps: int, repe
                    stride=shape.stride, hw=shape.hw, method=method, us=round(us, 2),
                    calls_per_s=round(1e6 / us, 1) if us == us else "", rel_err_y=err_y, rel_err_dx=err_dx,
                    notes=notes)
+
+
+def _activation_ops(device):
+    """The cuDNN blocks on a GPU (an op that cannot run raises, and its row says why), the `_ref` ops on CPU."""
+    from ccfast.conv_epilogue import activation_saving_ops
+
+    if device.type != "cuda":
+        return activation_saving_ops()
+    from ccfast.kernels.cudnn_conv import conv_bias_act, conv_dgrad_gate
+
+    return activation_saving_ops(conv_bias_act, conv_dgrad_gate)
 
 
 def _timed(row) -> bool:

@@ -19,6 +19,8 @@ stopping off, T=--steps steps per timed call. Contenders (--methods):
     triton-fused         the triton engine with fused_net=1 (the bottleneck ResNet's forward and input gradient
                          from the fused blocks, no autograd; ccfast/refine/fused_net.py); other archs: a row
                          saying why
+    triton-cudnn         the triton engine with fused_net=1 fused_ops=cudnn (each convolution one cuDNN graph
+                         with its epilogue: kernels/cudnn_conv.py); a row saying why without nvidia-cudnn-frontend
     ort                  `--engine ort`, one row per --ort-variant NAME:KEY=V,... (engine options, forwarded)
     trt                  `--engine trt` where a TensorRT runtime runs on this GPU (else a row saying why)
 Each row: median over --reps timed calls after --warmup calls (the input batch rotates over 3 sets between
@@ -82,9 +84,9 @@ SHORT = ["section", "method", "batch", "dtype", "ms_per_step", "image_steps_per_
          "growth_mib"]
 BASELINE = "recipe: compile+graph, channels_last"
 TORCHATTACKS = "torchattacks PGDL2"
-DEFAULT_METHODS = "torchattacks,reference,compile-graph,compile-graph-nchw,triton,triton-fused,ort,trt"
+DEFAULT_METHODS = "torchattacks,reference,compile-graph,compile-graph-nchw,triton,triton-fused,triton-cudnn,ort,trt"
 ALL_METHODS = ("torchattacks", "reference", "compile-graph", "compile-graph-nchw", "eager-graph", "triton",
-               "triton-eager", "triton-fused", "ort", "trt")
+               "triton-eager", "triton-fused", "triton-cudnn", "ort", "trt")
 DEFAULT_ORT_VARIANTS = ["fp32", "fp16:dtype=fp16"]
 ALPHA, EPS = 0.1, 1.5
 
@@ -279,6 +281,20 @@ def setup_triton_fused(b, pool):
     return _triton(b, pool, "triton-fused", "triton engine, fused_net=1", b.args.topts | {"fused_net": "1"})
 
 
+def setup_triton_cudnn(b, pool):
+    from ccfast.fused_resnet import check_supported
+
+    if b.device.type != "cuda":
+        raise NotRun("fused_ops=cudnn needs a CUDA device (cuDNN graphs)")
+    try:
+        check_supported(b.model)
+        import cudnn  # noqa: F401 - nvidia-cudnn-frontend, optional
+    except (CCFastError, ImportError) as exc:
+        raise NotRun(str(exc).splitlines()[0]) from None
+    return _triton(b, pool, "triton-cudnn", "triton engine, fused_net=1 fused_ops=cudnn",
+                   b.args.topts | {"fused_net": "1", "fused_ops": "cudnn"})
+
+
 def setup_ort_variant(name: str, options: dict) -> Callable[[Bench, InputPool], list[Timed]]:
     def setup(b: Bench, pool: InputPool) -> list[Timed]:
         from ccfast.refine.ort_engine import OrtEngine
@@ -326,12 +342,12 @@ class NotRun(Exception):
 SETUPS = {"torchattacks": setup_torchattacks, "reference": setup_reference, "compile-graph": setup_compile_graph,
           "compile-graph-nchw": setup_compile_graph_nchw, "eager-graph": setup_eager_graph,
           "triton": setup_triton, "triton-eager": setup_triton_eager, "triton-fused": setup_triton_fused,
-          "trt": setup_trt}
+          "triton-cudnn": setup_triton_cudnn, "trt": setup_trt}
 LABELS = {"torchattacks": TORCHATTACKS, "reference": "reference engine", "compile-graph": BASELINE,
           "compile-graph-nchw": "recipe: compile+graph, NCHW (extra row)",
           "eager-graph": "recipe: eager+graph, channels_last", "triton": "triton engine",
           "triton-eager": "triton engine, compile=0", "triton-fused": "triton engine, fused_net=1",
-          "trt": "trt engine"}
+          "triton-cudnn": "triton engine, fused_net=1 fused_ops=cudnn", "trt": "trt engine"}
 MEMORY_COUNTER = {"ort": "device", "trt": "device"}  # their allocators are not PyTorch's
 
 

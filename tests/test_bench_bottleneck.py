@@ -28,7 +28,7 @@ def test_smoke_run_writes_every_row_and_the_fused_block_agrees(tmp_path):
         pytest.skip("--smoke runs the kernels through the interpreter, which this process imported triton without")
     assert bench_bottleneck.main(["--smoke", "--out", str(tmp_path), "--commit", "test"]) == 0
     rows = list(csv.DictReader(io.StringIO((tmp_path / "bench_bottleneck_cpu_test.csv").read_text())))
-    methods = ["fused", "fused, m1 in prologue", *bench_bottleneck.RECIPES]
+    methods = ["fused", "fused, m1 in prologue", "cudnn", *bench_bottleneck.RECIPES]  # cudnn: its `_ref` ops on CPU
     assert [(r["block"], r["method"]) for r in rows] == [(s.name, m) for s in bench_bottleneck.SMOKE_SHAPES
                                                         for m in methods]
     for r in rows:

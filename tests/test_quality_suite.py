@@ -593,7 +593,8 @@ def test_a_follow_step_reruns_until_the_other_lane_has_finished_then_once_more(t
 def test_the_lease_driver_runs_the_suite_and_writes_the_report_under_its_out_dir(tmp_path):
     """benchmarks/quality/lease_driver.sh is what a lent GPU machine runs; here in smoke mode on the CPU."""
     out = tmp_path / "runs" / "quality"
-    env = dict(os.environ, QUALITY_DATA=str(SHARED_DATA), QUALITY_OUT=str(out), QUALITY_TREE=str(tmp_path / "tree"))
+    env = dict(os.environ, QUALITY_DATA=str(SHARED_DATA), QUALITY_OUT=str(out), QUALITY_TREE=str(tmp_path / "tree"),
+               AFTER_SUITE='echo "$AFTER_BUDGET_S" > "$AFTER_DIR/budget.txt"; test -f "$AFTER_DIR/../suite.rc"')
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "quality" / "lease_driver.sh"), "abc1234",
                            str(int(time.time()) - 60), "0", "--smoke", "--device", "cpu", "--gen-iters", "4"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -606,6 +607,9 @@ def test_the_lease_driver_runs_the_suite_and_writes_the_report_under_its_out_dir
     md = (out / "results" / "quality.md").read_text()
     assert "SMOKE RUN" in md and "abc1234" in md
     assert not (out / "gpu_tests.rc").exists()
+    # AFTER_SUITE ran once the suite had ended, in its folder, with the lease's remaining seconds as its budget.
+    assert "after the suite: exit 0" in proc.stdout, proc.stdout[-2000:]
+    assert 1000 < int((out / "after" / "budget.txt").read_text()) < 28 * 60
     # It ran from its private copy of the tree, which the device's calls do not overwrite.
     assert f"tree {tmp_path / 'tree'}" in proc.stdout and (tmp_path / "tree" / "ccfast" / "__init__.py").exists()
     # And a wait call's snapshot holds the records and the report, without the image files.
@@ -618,5 +622,5 @@ def test_the_lease_driver_runs_the_suite_and_writes_the_report_under_its_out_dir
 
     with tarfile.open(dest / "quality_snapshot.tgz") as tar:
         names = tar.getnames()
-    assert "quality/results/quality.md" in names and "quality/suite.rc" in names
+    assert "quality/results/quality.md" in names and "quality/suite.rc" in names and "quality/after/budget.txt" in names
     assert any(n.startswith("quality/stages/") for n in names) and not any(n.endswith(".npz") for n in names)

@@ -209,6 +209,18 @@ def test_fused_net_refuses_other_networks_and_fold_bn_0():
         TritonEngine(small_bottleneck_resnet(), config, scalars, DEVICE, fused_net="maybe", **LOOP_OPTS)
 
 
+def test_fused_ops_cudnn_needs_fused_net_and_a_gpu():
+    """fused_ops=cudnn (the cuDNN-graph blocks) is an option of fused_net=1 only, and of a CUDA device."""
+    with pytest.raises(CCFastError, match="fused_ops=cudnn needs fused_net=1") as err:
+        TritonOptions.parse({"fused_ops": "cudnn"}, torch.device("cuda"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(CCFastError, match="fused_ops=cudnn needs a CUDA device"):
+        TritonOptions.parse({"fused_net": "1", "fused_ops": "cudnn", "graphs": "0"}, torch.device("cpu"))
+    assert TritonOptions.parse({"fused_net": "1"}, torch.device("cpu")).fused_ops == "triton"
+    with pytest.raises(CCFastError, match="fused_ops"):
+        TritonOptions.parse({"fused_net": "1", "fused_ops": "cutlass"}, torch.device("cuda"))
+
+
 def test_fused_net_is_never_compiled():
     """fused_net=1 defaults to compile=0 on CUDA too (the default path still compiles), and compile=1 is refused:
     on the H200 Inductor failed on the fused network's max-pool backward with a symbolic batch (stop 20)."""
@@ -336,3 +348,17 @@ def test_fused_net_bf16_error_is_within_plain_pytorch_bf16_error(fp32_without_tf
     """As test_bf16_error_is_within_plain_pytorch_bf16_error, for fused_net=1 (bf16 weights, stem padded to 8)."""
     _bf16_within_plain_bf16(small_bottleneck_resnet(seed=4).to(DEVICE), *_batch(64, 33, seed=9), graphs="1",
                             fused_net="1")
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_fused_net_cudnn_bf16_error_is_within_plain_pytorch_bf16_error(fp32_without_tf32):
+    """fused_net=1 fused_ops=cudnn (every convolution one cuDNN graph with its epilogue), in CUDA graphs: as the
+    Triton blocks, within plain PyTorch bf16's error, with equal step counts; and it answers again on replay."""
+    pytest.importorskip("cudnn", reason="needs nvidia-cudnn-frontend (pip install 'ccfast[cudnn]')")
+    model = small_bottleneck_resnet(seed=4).to(DEVICE)
+    batch = _batch(64, 33, seed=9)
+    eng, out, _ = _bf16_within_plain_bf16(model, *batch, graphs="1", fused_net="1", fused_ops="cudnn")
+    assert eng.net is None and eng.timings()["options"]["fused_ops"] == "cudnn"
+    again = eng.refine_batch(*batch)
+    assert torch.equal(again.images, out.images) and torch.equal(again.steps, out.steps)

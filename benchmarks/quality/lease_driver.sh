@@ -16,9 +16,11 @@
 #   /tmp/ort.ready says onnxruntime-gpu is unpacked in /tmp/site. They run beside the generator and the joint
 #   model's training, which count iterations, not minutes, and end before the final step times its refinements
 #   alone; with few threads, because at -n 8 they starved the training of CPU.
-# - With ORT_VARIANTS=1, once the suite has ended and /tmp/ort.ready is there, it spends what is left of the lease
-#   (down to 90 s before its end, when at least 2 minutes are left) on benchmarks/ort_variants.py (issue 15) into
-#   QUALITY_OUT/ort_variants/: after the suite, so neither times its work beside the other's.
+# - With AFTER_SUITE='COMMAND' (run by bash), once the suite has ended, it spends what is left of the lease (down
+#   to 90 s before its end, when at least 2 minutes are left) on COMMAND, with AFTER_DIR=QUALITY_OUT/after (its
+#   output folder; the snapshots carry it) and AFTER_BUDGET_S (seconds it may take; it is killed then) in its
+#   environment, PYTHONPATH=/tmp/site, and its log in QUALITY_OUT/after.log. After the suite, so that neither
+#   times its work beside the other's. E.g. AFTER_SUITE='python3 benchmarks/bench_bottleneck.py --out "$AFTER_DIR"'.
 # - Exit codes go to QUALITY_OUT/suite.rc and QUALITY_OUT/gpu_tests.rc.
 # - Runs from a private copy of the tree (QUALITY_TREE, default /tmp/ccq-COMMIT): every device call replaces the
 #   working tree's files while it copies them in, and a stage that imports a module at that moment fails (the
@@ -54,13 +56,16 @@ log "tree $TREE"; log "suite, deadline $LEFT_MIN min: ${BASE[*]} --lanes 2 --sha
 log "suite exit $rc"
 if [ $rc = 3 ]; then "${BASE[@]}" --stages report; log "report exit $?"; fi
 echo $rc > "$OUT/suite.rc"
-if [ "${ORT_VARIANTS:-0}" = 1 ] && [ -f /tmp/ort.ready ]; then
+if [ -n "${AFTER_SUITE:-}" ]; then
   REM=$(python3 -c "import time; print(int($START + ($LEASE_MIN - 1.5) * 60 - time.time()))")
   if [ "$REM" -gt 120 ]; then
-    log "ort_variants, $REM s left"
-    PYTHONPATH=/tmp/site timeout "$REM" python3 benchmarks/ort_variants.py --out "$OUT/ort_variants" \
-      --batches 1,16,256 --budget-s $(( REM - 75 )) > "$OUT/ort_variants.log" 2>&1
-    log "ort_variants exit $?"
+    log "after the suite, $REM s left: $AFTER_SUITE"
+    mkdir -p "$OUT/after"
+    AFTER_DIR="$OUT/after" AFTER_BUDGET_S=$(( REM - 30 )) PYTHONPATH=/tmp/site timeout "$REM" \
+      bash -c "$AFTER_SUITE" > "$OUT/after.log" 2>&1
+    log "after the suite: exit $?"
+  else
+    log "after the suite: skipped, $REM s left"
   fi
 fi
 wait

@@ -13,7 +13,7 @@ cd "$RUNS" || { echo "lease_snapshot: no $RUNS"; exit 1; }
 [ -e /tmp/ccq-driver.log ] && cp /tmp/ccq-driver.log driver.log
 items=()
 for p in driver.log quality/results quality/stages quality/metrics quality/logs quality/suite_config.json \
-         quality/gpu_tests.txt quality/gpu_tests.rc quality/suite.rc quality/ort_variants quality/ort_variants.log; do
+         quality/gpu_tests.txt quality/gpu_tests.rc quality/suite.rc quality/after quality/after.log; do
   [ -e "$p" ] && items+=("$p")
 done
 tar -czf "$DEST/quality_snapshot.tgz" --exclude='*.npz' --exclude='*.pt' "${items[@]}"

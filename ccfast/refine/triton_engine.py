@@ -47,6 +47,9 @@ Options (`--engine-option KEY=VALUE`, or keyword arguments of `Refiner`; parsed 
                            error; BatchNorm always folded, weights always cast, never compiled; default 0. Measured
                            slower than the default path (H200, ResNet-50 64×64 bf16: 0.69× the compile+graph
                            recipe at B=256, benchmarks/results/bench_refine_h200_1bdda65_fused.md)
+    fused_ops=triton|cudnn with fused_net=1: whose blocks. triton (default): kernels/bottleneck.py, bit masks saved;
+                           cudnn: every convolution one cuDNN graph with its epilogue fused (kernels/cudnn_conv.py,
+                           needs nvidia-cudnn-frontend and a CUDA device; ReLU outputs saved; not yet measured)
 
 With fused_net=1 the per-step function is `_fused_step`: logits and the saved masks from the fused forward,
 objective_head, the same bookkeeping, and g from the fused input gradient seeded with the head's dJ/dlogits;
@@ -79,6 +82,7 @@ OPTIONS = {
     "cast_weights": options.flag(True), "pad_channels": options.flag(True), "compact_every": options.integer(5),
     "buckets": options.buckets(None, auto=True), "min_bucket": options.integer(None),
     "compile_mode": options.text("default"), "fused_net": options.flag(False),
+    "fused_ops": options.choice("triton", "triton", "cudnn"),
 }
 
 
@@ -97,6 +101,7 @@ class TritonOptions:
     min_bucket: int = 2
     compile_mode: str = "default"
     fused_net: bool = False
+    fused_ops: str = "triton"
 
     @classmethod
     def parse(cls, given: dict, device: torch.device) -> TritonOptions:
@@ -116,6 +121,10 @@ class TritonOptions:
             values["min_bucket"] = 2 if values["compile"] else 1
         if values["graphs"] and not cuda:
             raise CCFastError("engine 'triton' option graphs=1 needs a CUDA device (CUDA graphs); pass graphs=0 on CPU")
+        if values["fused_ops"] != "triton" and not values["fused_net"]:
+            raise CCFastError(f"engine 'triton' option fused_ops={values['fused_ops']} needs fused_net=1")
+        if values["fused_ops"] == "cudnn" and not cuda:
+            raise CCFastError("engine 'triton' option fused_ops=cudnn needs a CUDA device (cuDNN graphs)")
         if values["fused_net"] and not values["fold_bn"]:
             raise CCFastError("engine 'triton' option fused_net=1 always folds BatchNorm; drop fold_bn=0")
         return cls(**values)
@@ -246,7 +255,7 @@ class TritonEngine(Engine):
                 "channels_last": o.channels_last, "fold_bn": o.fold_bn, "cast_weights": o.cast_weights,
                 "pad_channels": o.pad_channels, "compact_every": o.compact_every,
                 "buckets": "auto" if o.buckets is None else list(o.buckets), "min_bucket": o.min_bucket,
-                "compile_mode": o.compile_mode, "fused_net": o.fused_net}
+                "compile_mode": o.compile_mode, "fused_net": o.fused_net, "fused_ops": o.fused_ops}
 
     def _prepare_network(self, model: torch.nn.Module) -> torch.nn.Module:
         net = copy.deepcopy(model).eval().requires_grad_(False)
@@ -272,9 +281,12 @@ class TritonEngine(Engine):
             weights = FusedResNetWeights.from_model(model)  # checks the network first (check_supported)
         except CCFastError as exc:
             raise CCFastError(f"engine 'triton' option fused_net=1: {exc}") from None
-        from . import fused_net  # imports the kernels (triton): only when asked for, for a supported network
+        if self.opts.fused_ops == "cudnn":
+            from . import cudnn_net as ops  # the cuDNN frontend, on first use: only when asked for
+        else:
+            from . import fused_net as ops  # imports the kernels (triton): only when asked for, for a supported network
 
-        self._fused_ops = fused_net
+        self._fused_ops = ops
         dtype = self._autocast_dtype or torch.float32
         pad = 8 if self.opts.pad_channels and self._autocast_dtype is not None else 0
         self._timings["fold_bn"] = "on"

@@ -1,0 +1,243 @@
+"""Convolutions with their pointwise work in the epilogue, through cuDNN's graph API (`nvidia-cudnn-frontend`):
+the cuDNN twin of the per-convolution steps of `ccfast.conv_epilogue` (issue 12).
+
+What is fused and why. At 64×64 the refinement step is bound by activation traffic, not FLOPs (issue 12), and
+the compiled recipe runs every convolution as a cuDNN call followed by Inductor's pointwise kernels: bias and
+ReLU (and the residual add) after each forward convolution, the ReLU-mask multiply (and the residual sum)
+after each input gradient. Each of those kernels reads and writes the whole activation once more, and at
+B = 1 each is one more ~3.5 µs launch. Here each convolution is ONE cuDNN operation graph whose runtime-
+fusion engine applies the pointwise ops to the accumulator before the single store:
+
+    conv_bias_act    y  = relu(conv(x, W) + b (+ r))                       conv_fprop → bias (→ add) → relu
+    conv_dgrad_gate  dx = (conv2d_input(W, dy) (+ a)) ⊙ [gate > 0]          conv_dgrad (→ add) → relu_backward
+
+Both in fp32 accumulation and fp32 intermediates (the pygraph's compute/intermediate type), one rounding to
+the storage dtype at the store. The gate is the ReLU's *output* a = relu(pre) of whatever produced the
+gradient's tensor: cuDNN's relu_backward takes its forward tensor, and a > 0 ⇔ pre > 0 (both false at 0, where
+the gradient is 0 either way), so the forward saves its bf16 activations (2 bytes per element) instead of the
+1-bit masks of `kernels/bottleneck.py`. The convolutions' own operands are what the block needs anyway.
+
+Graphs. One per (op, shapes, strides, dtypes, options), built on first use (heuristics A, then FALLBACK) and
+cached with a workspace of its own, so a call inside CUDA-graph capture only executes: warm up before capture
+(the triton engine does). Execution goes to the current stream (the handle's stream is set per call; the
+frontend skips the driver call when it has not changed). A graph cuDNN cannot build is a one-line CCFastError
+naming it. `cudnn` is imported on first use: importing this module needs only torch.
+
+Tensors are NCHW-indexed with channels_last strides (x, dy, gate, residual/add, and the outputs); weights
+(K, C, R, S) channels_last; the bias (K,) fp32, given to cuDNN as (1, K, 1, 1). fp32 activations use TF32 only
+as cuDNN's heuristics choose for the FLOAT compute type; the reference is exact fp32 (see the tests'
+tolerances).
+
+Not yet run on a GPU (no cuDNN on the CPU machines; tests/test_kernel_cudnn_conv.py runs there only).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from ccfast.errors import CCFastError
+
+_LOCK = threading.Lock()
+_GRAPHS: dict[tuple, _Built] = {}
+_HANDLES: dict[int, object] = {}
+
+
+def _cudnn():
+    try:
+        import cudnn
+    except ImportError as exc:  # the frontend wheel is optional: ccfast[cudnn]
+        raise CCFastError(f"cuDNN graph ops need nvidia-cudnn-frontend (pip install 'ccfast[cudnn]'): {exc}") from None
+    return cudnn
+
+
+def _cudnn_dtype(dtype: torch.dtype):
+    dt = _cudnn().data_type
+    table = {torch.bfloat16: dt.BFLOAT16, torch.float16: dt.HALF, torch.float32: dt.FLOAT}
+    if dtype not in table:
+        raise CCFastError(f"cuDNN graph ops: dtype {dtype} is not supported (bf16, fp16, fp32)")
+    return table[dtype]
+
+
+def _handle(device: torch.device):
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    h = _HANDLES.get(idx)
+    if h is None:
+        with torch.cuda.device(idx):
+            h = _HANDLES[idx] = _cudnn().create_handle()
+    return h
+
+
+def _channels_last_strides(shape) -> list[int]:
+    B, C, H, W = shape
+    return [H * W * C, 1, W * C, C]
+
+
+class _Built:
+    """A built graph, its tensors (by role) and its workspace."""
+
+    def __init__(self, graph, tensors: dict, out_role: str, workspace: torch.Tensor, handle):
+        self.graph, self.tensors, self.out_role = graph, tensors, out_role
+        self.workspace, self.handle = workspace, handle
+
+    def run(self, inputs: dict[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        cudnn = _cudnn()
+        cudnn.set_stream(handle=self.handle, stream=torch.cuda.current_stream(out.device).cuda_stream)
+        pack = {self.tensors[role]: t for role, t in inputs.items()}
+        pack[self.tensors[self.out_role]] = out
+        self.graph.execute(pack, self.workspace, handle=self.handle)
+        return out
+
+
+def _describe(t: torch.Tensor) -> tuple:
+    return (tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+def _build(key: tuple, device: torch.device, make) -> _Built:
+    """The cached graph of `key`, or `make(graph, cudnn)` -> (tensors by role, output role) built now."""
+    built = _GRAPHS.get(key)
+    if built is not None:
+        return built
+    with _LOCK:
+        built = _GRAPHS.get(key)
+        if built is not None:
+            return built
+        cudnn = _cudnn()
+        handle = _handle(device)
+        io = _cudnn_dtype(key[1])
+        graph = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
+                              compute_data_type=cudnn.data_type.FLOAT, handle=handle)
+        tensors, out_role = make(graph, cudnn)
+        try:
+            graph.validate()
+            graph.build_operation_graph()
+            graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+            graph.check_support()
+            graph.build_plans()
+        except Exception as exc:  # cudnnGraphNotSupportedError, RuntimeError: cuDNN's own one-liners
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CCFastError(f"cuDNN graph {key[0]} {key[2:]} could not be built: {why}") from None
+        ws = torch.empty(max(1, graph.get_workspace_size()), device=device, dtype=torch.uint8)
+        built = _GRAPHS[key] = _Built(graph, tensors, out_role, ws, handle)
+        return built
+
+
+def _tensor(graph, name: str, t: torch.Tensor, shape=None, stride=None):
+    return graph.tensor(name=name, dim=list(shape or t.shape), stride=list(stride or t.stride()),
+                        data_type=_cudnn_dtype(t.dtype))
+
+
+def _cl(t: torch.Tensor | None) -> torch.Tensor | None:
+    """channels_last (a no-op when it already is), so that one graph serves every caller of a shape."""
+    return None if t is None else t.contiguous(memory_format=torch.channels_last)
+
+
+def _check(name: str, **tensors) -> torch.device:
+    devices = {t.device for t in tensors.values() if t is not None}
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        raise CCFastError(f"{name}: every tensor must be on one CUDA device, got {sorted(map(str, devices))}")
+    for role, t in tensors.items():
+        if t is not None and role not in ("bias",) and t.ndim != 4:
+            raise CCFastError(f"{name}: {role} must be 4-D (B, C, H, W), got shape {tuple(t.shape)}")
+    return next(iter(devices))
+
+
+def conv_bias_act(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, padding: int = 0,
+                  residual: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
+    """relu(conv2d(x, w, stride, padding) (+ bias) (+ residual)) as one cuDNN graph (relu=False: without the
+    ReLU; bias None: none added): y (B, K, Ho, Wo) in x's dtype, channels_last. The `_ref` is
+    `ccfast.conv_epilogue.conv_bias_act_ref`."""
+    device = _check("conv_bias_act", x=x, w=w, residual=residual)
+    x, w, residual = _cl(x), _cl(w), _cl(residual)
+    if w.dtype != x.dtype or (residual is not None and residual.dtype != x.dtype):
+        raise CCFastError(f"conv_bias_act: x, w (and residual) need one dtype, got {x.dtype}, {w.dtype}")
+    B, C, H, W = x.shape
+    K, Cw, R, S = w.shape
+    if Cw != C:
+        raise CCFastError(f"conv_bias_act: x has {C} channels, the weight expects {Cw}")
+    Ho, Wo = (H + 2 * padding - R) // stride + 1, (W + 2 * padding - S) // stride + 1
+    out_shape = (B, K, Ho, Wo)
+    if residual is not None and tuple(residual.shape) != out_shape:
+        raise CCFastError(f"conv_bias_act: residual must be {out_shape}, got {tuple(residual.shape)}")
+    b4 = None if bias is None else bias.reshape(1, K, 1, 1).float().contiguous()
+    key = ("conv_bias_act", x.dtype, _describe(x), _describe(w), stride, padding, bias is not None,
+           None if residual is None else _describe(residual), relu)
+
+    def make(graph, cudnn):
+        t = {"x": _tensor(graph, "x", x), "w": _tensor(graph, "w", w)}
+        y = graph.conv_fprop(image=t["x"], weight=t["w"], padding=[padding] * 2, stride=[stride] * 2,
+                             dilation=[1, 1], name="conv")
+        if b4 is not None:
+            t["bias"] = _tensor(graph, "bias", b4)
+            y = graph.bias(input=y, bias=t["bias"], name="bias_add")
+        if residual is not None:
+            t["residual"] = _tensor(graph, "residual", residual)
+            y = graph.add(a=y, b=t["residual"], name="residual_add")
+        if relu:
+            y = graph.relu(input=y, name="relu")
+        y.set_output(True).set_data_type(_cudnn_dtype(x.dtype)).set_dim(list(out_shape)).set_stride(
+            _channels_last_strides(out_shape))
+        t["y"] = y
+        return t, "y"
+
+    built = _build(key, device, make)
+    out = torch.empty(out_shape, device=device, dtype=x.dtype).contiguous(memory_format=torch.channels_last)
+    inputs = {"x": x, "w": w}
+    if b4 is not None:
+        inputs["bias"] = b4
+    if residual is not None:
+        inputs["residual"] = residual
+    return built.run(inputs, out)
+
+
+def conv_dgrad_gate(dy: torch.Tensor, w: torch.Tensor, in_hw: tuple[int, int], stride: int = 1, padding: int = 0,
+                    gate: torch.Tensor | None = None, add: torch.Tensor | None = None) -> torch.Tensor:
+    """(conv2d_input(w, dy) (+ add)) ⊙ [gate > 0] as one cuDNN graph: the input gradient (B, C, H, W) of a
+    convolution with weight w (K, C, R, S), for the input size in_hw = (H, W) (strided convolutions round), in
+    dy's dtype, channels_last. gate: the ReLU output whose mask gates the result (None: no gate); add: a
+    gradient added before the gate (the identity path). The `_ref` is
+    `ccfast.conv_epilogue.conv_dgrad_gate_ref`."""
+    device = _check("conv_dgrad_gate", dy=dy, w=w, gate=gate, add=add)
+    dy, w, gate, add = _cl(dy), _cl(w), _cl(gate), _cl(add)
+    B, K, Ho, Wo = dy.shape
+    Kw, C, R, S = w.shape
+    if Kw != K:
+        raise CCFastError(f"conv_dgrad_gate: dy has {K} channels, the weight produces {Kw}")
+    H, W = in_hw
+    out_shape = (B, C, H, W)
+    for role, t in (("gate", gate), ("add", add)):
+        if t is not None and (tuple(t.shape) != out_shape or t.dtype != dy.dtype):
+            raise CCFastError(f"conv_dgrad_gate: {role} must be {out_shape} {dy.dtype}, got {tuple(t.shape)} {t.dtype}")
+    key = ("conv_dgrad_gate", dy.dtype, _describe(dy), _describe(w), tuple(in_hw), stride, padding,
+           None if gate is None else _describe(gate), None if add is None else _describe(add))
+
+    def make(graph, cudnn):
+        t = {"dy": _tensor(graph, "dy", dy), "w": _tensor(graph, "w", w)}
+        dx = graph.conv_dgrad(loss=t["dy"], filter=t["w"], padding=[padding] * 2, stride=[stride] * 2,
+                              dilation=[1, 1], name="dgrad")
+        dx.set_dim(list(out_shape)).set_stride(_channels_last_strides(out_shape))
+        if add is not None:
+            t["add"] = _tensor(graph, "add", add)
+            dx = graph.add(a=dx, b=t["add"], name="grad_add")
+        if gate is not None:
+            t["gate"] = _tensor(graph, "gate", gate)
+            dx = graph.relu_backward(loss=dx, input=t["gate"], name="relu_gate")
+        dx.set_output(True).set_data_type(_cudnn_dtype(dy.dtype)).set_dim(list(out_shape)).set_stride(
+            _channels_last_strides(out_shape))
+        t["dx"] = dx
+        return t, "dx"
+
+    built = _build(key, device, make)
+    out = torch.empty(out_shape, device=device, dtype=dy.dtype).contiguous(memory_format=torch.channels_last)
+    inputs = {"dy": dy, "w": w}
+    if add is not None:
+        inputs["add"] = add
+    if gate is not None:
+        inputs["gate"] = gate
+    return built.run(inputs, out)
+
+
+def cached_graphs() -> int:
+    """How many cuDNN graphs are built (tests and the benchmark report it)."""
+    return len(_GRAPHS)

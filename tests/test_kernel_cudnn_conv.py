@@ -1,0 +1,177 @@
+"""kernels/cudnn_conv.py (one cuDNN graph per convolution with its epilogue) against its `_ref`,
+ccfast.conv_epilogue, and that reference (and the block composed from it) against autograd.
+
+The reference and the composition run everywhere (CPU in CI). The cuDNN ops need a CUDA GPU and
+nvidia-cudnn-frontend (`pip install 'ccfast[cudnn]'`); there, reduced precision is judged against fp32 with plain
+PyTorch's own error at that precision (the same convolution and epilogue in torch, in that dtype) as the
+yardstick: ‖cudnn − ref32‖ ≤ 2·‖torch_lowp − ref32‖ + 1e-3·‖ref32‖. fp32 is judged so against torch with TF32
+on, since cuDNN's heuristics may pick TF32 engines for a FLOAT compute type.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ccfast.conv_epilogue import activation_saving_ops, conv_bias_act_ref, conv_dgrad_gate_ref
+from ccfast.fused_resnet import FusedResNetWeights, input_grad, logits_and_saved
+from factories import small_bottleneck_resnet
+
+CUDA = torch.cuda.is_available()
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+# (B, C, K, H, W, kernel, stride, padding): 1×1, 3×3 stride 1 and 2 at odd sizes, the stem's 7×7/2 over 8 channels
+SHAPES = [(1, 16, 24, 9, 11, 1, 1, 0), (3, 24, 16, 9, 11, 3, 1, 1), (2, 16, 32, 9, 11, 3, 2, 1),
+          (1, 32, 64, 7, 7, 1, 2, 0), (2, 8, 16, 19, 17, 7, 2, 3)]
+IDS = ["1x1-B1", "3x3-B3", "3x3s2-B2", "1x1s2-B1", "7x7s2-B2"]
+
+
+def _inputs(B, C, K, H, W, k, stride, padding, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.relu(torch.randn(B, C, H, W, generator=g, dtype=dtype))
+    w = torch.randn(K, C, k, k, generator=g, dtype=dtype) * (2 / (C * k * k)) ** 0.5
+    b = 0.1 * torch.randn(K, generator=g, dtype=dtype)
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    r = torch.randn(B, K, Ho, Wo, generator=g, dtype=dtype)
+    dy = torch.randn(B, K, Ho, Wo, generator=g, dtype=dtype)
+    return x, w, b, r, dy
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_references_match_autograd(shape):
+    """relu(conv + b + r) and the gated input gradient of a convolution whose input is a ReLU output, against
+    autograd in fp64 (the gate is that ReLU's output: a > 0 ⇔ pre > 0); the reference's math is fp32."""
+    B, C, K, H, W, k, stride, padding = shape
+    x, w, b, r, dy = _inputs(*shape)
+    pre = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).requires_grad_()
+    a = torch.relu(pre)
+    y = torch.relu(F.conv2d(a, w, b, stride=stride, padding=padding) + r)
+    (dpre,) = torch.autograd.grad(F.conv2d(a, w, None, stride=stride, padding=padding), pre, dy)
+    fp32 = {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(conv_bias_act_ref(a.detach(), w, b, stride, padding, residual=r), y.detach(), **fp32)
+    torch.testing.assert_close(conv_dgrad_gate_ref(dy, w, (H, W), stride, padding, gate=a.detach()), dpre, **fp32)
+    no_gate = conv_dgrad_gate_ref(dy, w, (H, W), stride, padding, add=x)
+    torch.testing.assert_close(no_gate, torch.nn.grad.conv2d_input(x.shape, w, dy, stride=stride, padding=padding) + x,
+                               **fp32)
+    assert bool((dpre == 0).any()) and bool((dpre != 0).any()), "the gate should gate some units, not all"
+
+
+@pytest.mark.parametrize("B,H,W", [(1, 37, 45), (3, 33, 31)])
+def test_activation_saving_composition_matches_autograd(B, H, W):
+    """The whole bottleneck ResNet through `activation_saving_ops` (the `_ref` ops): logits and ∂L/∂x against
+    autograd of the JointModel in fp64; what it saves are ReLU outputs."""
+    model = small_bottleneck_resnet(seed=B).double()
+    g = torch.Generator().manual_seed(H)
+    x = torch.rand(B, 3, H, W, generator=g, dtype=torch.float64)
+    dlogits = torch.randn(B, 10, generator=g, dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    logits_ag = model(xr)
+    (grad_ag,) = torch.autograd.grad(logits_ag, xr, dlogits)
+    weights = FusedResNetWeights.from_model(model)
+    ops = activation_saving_ops()
+    logits, saved = logits_and_saved(weights, x, ops)
+    grad = input_grad(weights, saved, dlogits, ops)
+    torch.testing.assert_close(logits, logits_ag.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, grad_ag.float(), rtol=1e-4, atol=1e-5 * float(grad_ag.abs().max()))
+    first = saved.blocks[0]
+    assert first.a1.min() >= 0 and bool((first.a1 == 0).any()) and first.mask_out.shape[1] == 32
+
+
+# ---------------------------------------------------------------- the cuDNN graphs (GPU + nvidia-cudnn-frontend)
+
+
+def _cudnn_ops():
+    if not CUDA:
+        pytest.skip("the cuDNN graph ops need a CUDA GPU")
+    pytest.importorskip("cudnn", reason="needs nvidia-cudnn-frontend (pip install 'ccfast[cudnn]')")
+    from ccfast.kernels import cudnn_conv
+
+    return cudnn_conv
+
+
+def _within_yardstick(mine, plain, ref, what):
+    err, yardstick = float((mine.double() - ref).norm()), float((plain.double() - ref).norm())
+    assert err <= 2.0 * yardstick + 1e-3 * float(ref.norm()), (what, err, yardstick)
+    return err, yardstick
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_cudnn_conv_bias_act_and_dgrad_gate_match_the_reference(shape, dtype, fp32_without_tf32):
+    ops = _cudnn_ops()
+    B, C, K, H, W, k, stride, padding = shape
+    x64, w64, b64, r64, dy64 = _inputs(*shape, seed=3)
+    dev = torch.device("cuda")
+    x, w, r, dy = (_cl(t.to(dev, dtype)) for t in (x64, w64, r64, dy64))
+    b = b64.to(dev, torch.float32)
+    ref_y = conv_bias_act_ref(x.double(), w.double(), b.double(), stride, padding, residual=r.double())
+    ref_dx = conv_dgrad_gate_ref(dy.double(), w.double(), (H, W), stride, padding, gate=x.double())
+    torch.backends.cudnn.allow_tf32 = dtype == torch.float32  # the yardstick at fp32: what TF32 costs
+    plain_y = torch.relu(F.conv2d(x, w, b.to(dtype), stride=stride, padding=padding) + r)
+    plain_dx = torch.where(x > 0, torch.nn.grad.conv2d_input(x.shape, w, dy, stride=stride, padding=padding), 0)
+    torch.backends.cudnn.allow_tf32 = False
+    y = ops.conv_bias_act(x, w, b, stride, padding, residual=r)
+    dx = ops.conv_dgrad_gate(dy, w, (H, W), stride, padding, gate=x)
+    assert y.dtype == dx.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert y.shape == ref_y.shape and dx.shape == x.shape
+    _within_yardstick(y, plain_y, ref_y, "y")
+    _within_yardstick(dx, plain_dx, ref_dx, "dx")
+    # the variants the block uses: no bias, no ReLU (the downsample); dgrad + add, no gate (its identity sum)
+    y_lin = ops.conv_bias_act(x, w, None, stride, padding, relu=False)
+    _within_yardstick(y_lin, F.conv2d(x, w, None, stride=stride, padding=padding),
+                      conv_bias_act_ref(x.double(), w.double(), None, stride, padding, relu=False), "y_lin")
+    add = _cl(torch.randn(x.shape, device=dev).to(dtype))
+    dx_add = ops.conv_dgrad_gate(dy, w, (H, W), stride, padding, add=add)
+    _within_yardstick(dx_add, torch.nn.grad.conv2d_input(x.shape, w, dy, stride=stride, padding=padding) + add,
+                      conv_dgrad_gate_ref(dy.double(), w.double(), (H, W), stride, padding, add=add.double()), "dx+a")
+    n = ops.cached_graphs()
+    ops.conv_bias_act(x, w, b, stride, padding, residual=r)
+    assert ops.cached_graphs() == n, "a second call of one shape reuses its graph"
+
+
+@pytest.mark.gpu
+def test_cudnn_ops_refuse_bad_input_in_one_line():
+    ops = _cudnn_ops()
+    x = _cl(torch.rand(1, 8, 5, 5, device="cuda", dtype=torch.bfloat16))
+    w = _cl(torch.rand(4, 6, 1, 1, device="cuda", dtype=torch.bfloat16))
+    from ccfast.errors import CCFastError
+
+    for call, match in ((lambda: ops.conv_bias_act(x, w, None), "8 channels, the weight expects 6"),
+                        (lambda: ops.conv_bias_act(x.cpu(), w.cpu(), None), "CUDA device"),
+                        (lambda: ops.conv_bias_act(x, w.float(), None), "one dtype")):
+        with pytest.raises(CCFastError, match=match) as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.gpu
+def test_cudnn_net_bf16_error_is_within_plain_pytorch_bf16_error(fp32_without_tf32):
+    """The whole small bottleneck ResNet through ccfast.refine.cudnn_net in bf16 (stem padded to 8) against the
+    fp32 reference composition, with plain PyTorch bf16 (autocast, autograd) as the yardstick, as
+    tests/test_fused_resnet.py judges the Triton blocks."""
+    _cudnn_ops()
+    from ccfast.refine import cudnn_net
+
+    model = small_bottleneck_resnet(seed=0)
+    weights = FusedResNetWeights.from_model(model)
+    g = torch.Generator().manual_seed(5)
+    x, dlogits = torch.rand(2, 3, 37, 45, generator=g), torch.randn(2, 10, generator=g)
+    logits_ref, saved_ref = logits_and_saved(weights, x)
+    grad_ref = input_grad(weights, saved_ref, dlogits)
+    dev = torch.device("cuda")
+    xr = x.to(dev).requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits_plain = model.to(dev)(xr)
+    (grad_plain,) = torch.autograd.grad(logits_plain, xr, dlogits.to(dev))
+    q = weights.cast(torch.bfloat16, dev, pad_channels=8)
+    logits, saved = cudnn_net.fused_logits_and_saved(q, x.to(dev))
+    grad = cudnn_net.fused_input_grad(q, saved, dlogits.to(dev))
+    for mine, plain, ref, k in ((logits, logits_plain, logits_ref, 3.0), (grad, grad_plain, grad_ref, 3.0)):
+        err, yardstick = float((mine.float().cpu() - ref).norm()), float((plain.float().cpu() - ref).norm())
+        assert err <= k * yardstick + 1e-3 * float(ref.norm()), (err, yardstick)
