@@ -93,7 +93,12 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
-def bench_block(shape: Block, B: int, device, dtype, compile_fn, reps: int, repeat: int, report: Report):
+OPTIONAL = {"fused": "fused", "prologue": "fused, m1 in prologue", "cudnn": "cudnn"}  # --methods keys -> rows
+METHODS = (*OPTIONAL.values(), *RECIPES)
+
+
+def bench_block(shape: Block, B: int, device, dtype, compile_fn, reps: int, repeat: int, report: Report,
+                methods: tuple[str, ...] = METHODS):
     from ccfast.bottleneck import BottleneckWeights, bottleneck_torch
     from ccfast.conv1x1 import as_rows, pack_relu_mask, unpack_relu_mask
     from ccfast.kernels.bottleneck import bottleneck_dgrad, bottleneck_fwd
@@ -142,6 +147,8 @@ def bench_block(shape: Block, B: int, device, dtype, compile_fn, reps: int, repe
     keep_in = unpack_relu_mask(in_masks[0], shape.cin).view(B, shape.hw, shape.hw, -1).permute(0, 3, 1, 2)
     dx_r = torch.where(keep_in, dx_r, 0)
     for method, call in impls.items():
+        if method not in methods:
+            continue
         notes, us, err_y, err_dx = "", float("nan"), "", ""
         try:
             y, dx = call(0)
@@ -207,6 +214,9 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="256,1")
     p.add_argument("--reps", type=int, default=20, help="timed graph replays per row (median)")
     p.add_argument("--smoke", action="store_true", help="CPU, Triton's interpreter: tiny blocks, fp32, eager recipe")
+    p.add_argument("--methods", default=",".join(OPTIONAL),
+                   help=f"comma list of {', '.join(OPTIONAL)} (default all; the two recipes always run: the ratios "
+                        "need them)")
     p.add_argument("--commit", default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -216,9 +226,15 @@ def main(argv=None) -> int:
         return 2
     try:
         batches = parse_int_list(args.batches, "--batches")
+        keys = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in keys if m not in OPTIONAL]
+        if unknown:
+            raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(OPTIONAL)}")
+        methods = tuple(OPTIONAL[k] for k in keys)
     except Exception as exc:  # noqa: BLE001 - a one-line error, not a traceback
         print(f"bench_bottleneck: {exc}", file=sys.stderr)
         return 2
+    methods = tuple(dict.fromkeys(methods + RECIPES))
     device = torch.device("cpu" if args.smoke else "cuda")
     dtype = torch.float32 if args.smoke else torch.bfloat16
     compile_fn = (lambda f: f) if args.smoke else (lambda f: torch.compile(f, dynamic=False))
@@ -230,7 +246,7 @@ def main(argv=None) -> int:
     for B in batches if not args.smoke else [1]:
         for shape in SMOKE_SHAPES if args.smoke else SHAPES:
             bench_block(shape, B, device, dtype, compile_fn, 1 if args.smoke else args.reps,
-                        1 if args.smoke else REPEAT, report)
+                        1 if args.smoke else REPEAT, report, methods)
             torch._dynamo.reset()  # one compile per shape; drop the last one's graphs and caches
     report.extra["Sum over ResNet-50's 16 blocks"] = _summary(report.rows)
     report.write()

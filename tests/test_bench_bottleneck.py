@@ -38,6 +38,16 @@ def test_smoke_run_writes_every_row_and_the_fused_block_agrees(tmp_path):
     assert "- commit: test" in md and "## Sum over ResNet-50's 16 blocks" in md
 
 
+def test_methods_filter_keeps_the_recipes_and_refuses_unknown_names(tmp_path, capsys):
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("--smoke runs the kernels through the interpreter, which this process imported triton without")
+    assert bench_bottleneck.main(["--smoke", "--out", str(tmp_path), "--commit", "m", "--methods", "cudnn"]) == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "bench_bottleneck_cpu_m.csv").read_text())))
+    assert {r["method"] for r in rows} == {"cudnn", *bench_bottleneck.RECIPES}
+    assert bench_bottleneck.main(["--smoke", "--out", str(tmp_path), "--methods", "cudnn,cutlass"]) == 2
+    assert "unknown cutlass" in capsys.readouterr().err
+
+
 def test_the_shapes_are_resnet50s_sixteen_blocks():
     assert sum(s.count for s in bench_bottleneck.SHAPES) == 16
     assert [s.stride for s in bench_bottleneck.SHAPES].count(2) == 3
