@@ -109,7 +109,9 @@ VARIANTS = [  # most informative first: a budget cut drops the tail
     Variant("fp32 algo default", "fp32", replace(BASE, conv_algo="default")),
     Variant("fp32+il", "fp32-il", BASE),
 ]
-PROFILES = [("fp32", BASE), ("fp32-dgc", BASE), ("fp16", replace(BASE, conv_algo="heuristic"))]
+# The engine's defaults first: fp32 and fp16 (heuristic search) on the Conv-dgrad graph, then the ConvT graphs.
+PROFILES = [("fp32-dgc", BASE), ("fp16-dgc", replace(BASE, conv_algo="heuristic")), ("fp32", BASE),
+            ("fp16", replace(BASE, conv_algo="heuristic"))]
 
 FIELDS = ["variant", "graph", "batch", "ms_per_step", "image_steps_per_s", "step_only_ms", "setup_s", "err_vs_ref32",
           "err_torch_fp16", "err_ratio", "max_abs_dx", "notes"]
@@ -425,6 +427,8 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--variants", default="", help="comma-separated variant names to run (default: all)")
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--profiles", default="", help="comma list of graphs to profile (default all of "
+                   + ", ".join(k for k, _ in PROFILES) + ")")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke test of this script only")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -446,9 +450,16 @@ def main(argv=None) -> int:
               "PyTorch fp16 autocast's; err_ratio = err / err_torch_fp16.")
     report = Report(out, header)
     chosen = [v for v in VARIANTS if not args.variants or v.name in args.variants.split(",")]
-    bench.export_all([v.graph for v in chosen] + ([] if args.no_profile else [k for k, _ in PROFILES]))
-    if not args.no_profile:
-        for key, settings in PROFILES:
+    wanted = [k.strip() for k in args.profiles.split(",") if k.strip()]
+    unknown = sorted(set(wanted) - {k for k, _ in PROFILES})
+    if unknown:
+        print(f"ort_variants: --profiles: unknown {', '.join(unknown)}; choose from "
+              f"{', '.join(k for k, _ in PROFILES)}", file=sys.stderr)
+        return 2
+    profiles = [] if args.no_profile else [(k, st) for k, st in PROFILES if not wanted or k in wanted]
+    bench.export_all([v.graph for v in chosen] + [k for k, _ in profiles])
+    if profiles:
+        for key, settings in profiles:
             for B in batches:
                 try:
                     print(bench.profile(key, settings, B), flush=True)

@@ -165,6 +165,15 @@ def test_ort_variants_parse_and_refuse_bad_ones():
         parse_variants(["a:dtype=fp16", "a"])
 
 
+def test_ort_variants_refuses_an_unknown_profile_in_one_line(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from benchmarks import ort_variants
+
+    assert ort_variants.main(["--out", str(tmp_path), "--device", "cpu", "--profiles", "fp16-dgc,bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ort_variants: --profiles: unknown bogus; choose from fp32-dgc, fp16-dgc, fp32, fp16"]
+
+
 def test_bench_refine_forwards_variants_and_exits_2_on_bad_input(capsys):
     args = bench_refine.parse_args(["--ort-variant", "fp32", "--ort-variant", "nhwc:prefer_nhwc=1,buckets=1,16",
                                     "--arch", "resnet50,wide_resnet50_2", "--batches", "1,16,256"])
