@@ -161,6 +161,10 @@ def bench_block(shape: Block, B: int, device, dtype, compile_fn, reps: int, repe
             replay = capture(many, device)
             warmup = 2 if device.type == "cuda" else 0  # the interpreter is slow; CPU numbers mean nothing
             us = time_calls(replay, device, warmup=warmup, reps=reps, clock="event").median_s * 1e6 / repeat
+            if method == "cudnn" and device.type == "cuda":  # which rung of cudnn_conv's ladder each graph took
+                from ccfast.kernels.cudnn_conv import fusion_report
+
+                notes = "graphs built so far: " + ", ".join(f"{k} ×{v}" for k, v in sorted(fusion_report().items()))
         except Exception as exc:  # noqa: BLE001 - keep the other rows; the row says what failed
             notes = f"FAILED: {type(exc).__name__}: {exc}"[:300]
             print(f"{shape.name} B={B} {method}: {notes}", file=sys.stderr, flush=True)

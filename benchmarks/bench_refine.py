@@ -249,9 +249,14 @@ def _triton(b: Bench, pool: InputPool, key: str, label: str, options: dict) -> l
         first = f"first warm-up step (no compile) {t['compile_s']:.1f}s once per engine"
     else:
         first = "no compile"
+    extra = ""
+    if eng.opts.fused_net and eng.opts.fused_ops == "cudnn":  # which rung of cudnn_conv's ladder the graphs took
+        from ccfast.kernels.cudnn_conv import fusion_report
+
+        extra = "; cuDNN graphs: " + ", ".join(f"{k} ×{v}" for k, v in sorted(fusion_report().items()))
     rows = [Timed(label, eng.opts.dtype, call, load, b.args.steps,
                   notes=f"{opts}; refine_batch wall / T (includes the final forward and host work), bucket "
-                        f"{bucket.size}; {first}; fold_bn {t['fold_bn']}")]
+                        f"{bucket.size}; {first}; fold_bn {t['fold_bn']}{extra}")]
     if eng.opts.graphs:
         graph = bucket.graphs[(eng._K, True)]
 

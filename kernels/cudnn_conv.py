@@ -20,8 +20,19 @@ the gradient is 0 either way), so the forward saves its bf16 activations (2 byte
 Graphs. One per (op, shapes, strides, dtypes, options), built on first use (heuristics A, then FALLBACK) and
 cached with a workspace of its own, so a call inside CUDA-graph capture only executes: warm up before capture
 (the triton engine does). Execution goes to the current stream (the handle's stream is set per call; the
-frontend skips the driver call when it has not changed). A graph cuDNN cannot build is a one-line CCFastError
-naming it. `cudnn` is imported on first use: importing this module needs only torch.
+frontend skips the driver call when it has not changed). `cudnn` is imported on first use: importing this module
+needs only torch.
+
+Where cuDNN has no engine for a fused graph (its runtime-fusion support depends on the card, the dtypes and the
+shape), the op steps down a ladder rather than fail, and `fusion_report()` says how many graphs took each rung:
+
+    "epilogue in graph"                   the fused graph above (bias in fp32)
+    "epilogue in graph, bias in io dtype" the same with the bias in the activations' dtype (conv_bias_act only)
+    "epilogue in torch"                   the convolution alone in cuDNN, its epilogue as torch ops (fp32 math)
+    "no epilogue"                         a call with nothing to fuse (a bare convolution or dgrad)
+
+Only when even the bare convolution cannot be built is it a one-line CCFastError naming the graph. Tests run
+every rung (`force_rung`); the benchmarks print the report beside their times.
 
 Tensors are NCHW-indexed with channels_last strides (x, dy, gate, residual/add, and the outputs); weights
 (K, C, R, S) channels_last; the bias (K,) fp32, given to cuDNN as (1, K, 1, 1). fp32 activations use TF32 only
@@ -33,7 +44,9 @@ Not yet run on a GPU (no cuDNN on the CPU machines; tests/test_kernel_cudnn_conv
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable
 
 import torch
 
@@ -74,17 +87,23 @@ def _channels_last_strides(shape) -> list[int]:
     return [H * W * C, 1, W * C, C]
 
 
-class _Built:
-    """A built graph, its tensors (by role) and its workspace."""
+IN_GRAPH, BIAS_IO, IN_TORCH, NO_EPILOGUE = ("epilogue in graph", "epilogue in graph, bias in io dtype",
+                                           "epilogue in torch", "no epilogue")
+_FORCED: list[str] = []  # force_rung's stack: tests build a given rung only
 
-    def __init__(self, graph, tensors: dict, out_role: str, workspace: torch.Tensor, handle):
+
+class _Built:
+    """A built graph, its tensors (by role), its workspace and the ladder's rung it was built at."""
+
+    def __init__(self, graph, tensors: dict, out_role: str, workspace: torch.Tensor, handle, rung: str):
         self.graph, self.tensors, self.out_role = graph, tensors, out_role
-        self.workspace, self.handle = workspace, handle
+        self.workspace, self.handle, self.rung = workspace, handle, rung
 
     def run(self, inputs: dict[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        """Execute on the current stream; inputs whose role this rung's graph does not have are not bound."""
         cudnn = _cudnn()
         cudnn.set_stream(handle=self.handle, stream=torch.cuda.current_stream(out.device).cuda_stream)
-        pack = {self.tensors[role]: t for role, t in inputs.items()}
+        pack = {self.tensors[role]: t for role, t in inputs.items() if role in self.tensors}
         pack[self.tensors[self.out_role]] = out
         self.graph.execute(pack, self.workspace, handle=self.handle)
         return out
@@ -94,8 +113,9 @@ def _describe(t: torch.Tensor) -> tuple:
     return (tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
-def _build(key: tuple, device: torch.device, make) -> _Built:
-    """The cached graph of `key`, or `make(graph, cudnn)` -> (tensors by role, output role) built now."""
+def _build(key: tuple, device: torch.device, rungs: list[tuple[str, Callable]]) -> _Built:
+    """The cached graph of `key`, else the first of `rungs` ((label, make(graph, cudnn) -> (tensors by role,
+    output role)), best first) that cuDNN builds; a one-line CCFastError when none does."""
     built = _GRAPHS.get(key)
     if built is not None:
         return built
@@ -106,21 +126,43 @@ def _build(key: tuple, device: torch.device, make) -> _Built:
         cudnn = _cudnn()
         handle = _handle(device)
         io = _cudnn_dtype(key[1])
-        graph = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
-                              compute_data_type=cudnn.data_type.FLOAT, handle=handle)
-        tensors, out_role = make(graph, cudnn)
-        try:
-            graph.validate()
-            graph.build_operation_graph()
-            graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-            graph.check_support()
-            graph.build_plans()
-        except Exception as exc:  # cudnnGraphNotSupportedError, RuntimeError: cuDNN's own one-liners
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CCFastError(f"cuDNN graph {key[0]} {key[2:]} could not be built: {why}") from None
-        ws = torch.empty(max(1, graph.get_workspace_size()), device=device, dtype=torch.uint8)
-        built = _GRAPHS[key] = _Built(graph, tensors, out_role, ws, handle)
-        return built
+        if _FORCED:
+            rungs = [r for r in rungs if r[0] == _FORCED[-1]] or rungs[-1:]
+        failures = []
+        for label, make in rungs:
+            graph = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
+                                  compute_data_type=cudnn.data_type.FLOAT, handle=handle)
+            try:
+                tensors, out_role = make(graph, cudnn)
+                graph.validate()
+                graph.build_operation_graph()
+                graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+                graph.check_support()
+                graph.build_plans()
+            except Exception as exc:  # cudnnGraphNotSupportedError, RuntimeError: cuDNN's own one-liners
+                failures.append(f"{label}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+                continue
+            ws = torch.empty(max(1, graph.get_workspace_size()), device=device, dtype=torch.uint8)
+            built = _GRAPHS[key] = _Built(graph, tensors, out_role, ws, handle, label)
+            return built
+        raise CCFastError(f"cuDNN graph {key[0]} {key[2:]} could not be built: {'; '.join(failures)}")
+
+
+@contextlib.contextmanager
+def force_rung(label: str):
+    """Build new graphs at this rung of the ladder only (tests: every rung's result is checked); graphs already
+    built keep theirs, so callers clear the cache first (`clear_cache`)."""
+    _FORCED.append(label)
+    try:
+        yield
+    finally:
+        _FORCED.pop()
+
+
+def clear_cache() -> None:
+    """Drop every built graph (their workspaces with them)."""
+    with _LOCK:
+        _GRAPHS.clear()
 
 
 def _tensor(graph, name: str, t: torch.Tensor, shape=None, stride=None):
@@ -164,31 +206,49 @@ def conv_bias_act(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, s
     key = ("conv_bias_act", x.dtype, _describe(x), _describe(w), stride, padding, bias is not None,
            None if residual is None else _describe(residual), relu)
 
-    def make(graph, cudnn):
-        t = {"x": _tensor(graph, "x", x), "w": _tensor(graph, "w", w)}
-        y = graph.conv_fprop(image=t["x"], weight=t["w"], padding=[padding] * 2, stride=[stride] * 2,
-                             dilation=[1, 1], name="conv")
-        if b4 is not None:
-            t["bias"] = _tensor(graph, "bias", b4)
-            y = graph.bias(input=y, bias=t["bias"], name="bias_add")
-        if residual is not None:
-            t["residual"] = _tensor(graph, "residual", residual)
-            y = graph.add(a=y, b=t["residual"], name="residual_add")
-        if relu:
-            y = graph.relu(input=y, name="relu")
-        y.set_output(True).set_data_type(_cudnn_dtype(x.dtype)).set_dim(list(out_shape)).set_stride(
-            _channels_last_strides(out_shape))
-        t["y"] = y
-        return t, "y"
+    def make(epilogue: bool, bias_dtype: torch.dtype):
+        def build(graph, cudnn):
+            t = {"x": _tensor(graph, "x", x), "w": _tensor(graph, "w", w)}
+            y = graph.conv_fprop(image=t["x"], weight=t["w"], padding=[padding] * 2, stride=[stride] * 2,
+                                 dilation=[1, 1], name="conv")
+            if epilogue and b4 is not None:
+                t["bias"] = _tensor(graph, "bias", b4.to(bias_dtype))
+                y = graph.bias(input=y, bias=t["bias"], name="bias_add")
+            if epilogue and residual is not None:
+                t["residual"] = _tensor(graph, "residual", residual)
+                y = graph.add(a=y, b=t["residual"], name="residual_add")
+            if epilogue and relu:
+                y = graph.relu(input=y, name="relu")
+            y.set_output(True).set_data_type(_cudnn_dtype(x.dtype)).set_dim(list(out_shape)).set_stride(
+                _channels_last_strides(out_shape))
+            t["y"] = y
+            return t, "y"
+        return build
 
-    built = _build(key, device, make)
+    if b4 is None and residual is None and not relu:
+        rungs = [(NO_EPILOGUE, make(False, torch.float32))]
+    else:
+        rungs = [(IN_GRAPH, make(True, torch.float32))]
+        if b4 is not None and x.dtype != torch.float32:
+            rungs.append((BIAS_IO, make(True, x.dtype)))
+        rungs.append((IN_TORCH, make(False, torch.float32)))
+    built = _build(key, device, rungs)
     out = torch.empty(out_shape, device=device, dtype=x.dtype).contiguous(memory_format=torch.channels_last)
     inputs = {"x": x, "w": w}
     if b4 is not None:
-        inputs["bias"] = b4
+        inputs["bias"] = b4.to(x.dtype) if built.rung == BIAS_IO else b4
     if residual is not None:
         inputs["residual"] = residual
-    return built.run(inputs, out)
+    y = built.run(inputs, out)
+    if built.rung != IN_TORCH:
+        return y
+    # the epilogue as torch ops, in fp32 math as the fused graph computes it
+    q = y.float()
+    if b4 is not None:
+        q = q + b4
+    if residual is not None:
+        q = q + residual.float()
+    return (torch.relu(q) if relu else q).to(x.dtype).contiguous(memory_format=torch.channels_last)
 
 
 def conv_dgrad_gate(dy: torch.Tensor, w: torch.Tensor, in_hw: tuple[int, int], stride: int = 1, padding: int = 0,
@@ -212,32 +272,53 @@ def conv_dgrad_gate(dy: torch.Tensor, w: torch.Tensor, in_hw: tuple[int, int], s
     key = ("conv_dgrad_gate", dy.dtype, _describe(dy), _describe(w), tuple(in_hw), stride, padding,
            None if gate is None else _describe(gate), None if add is None else _describe(add))
 
-    def make(graph, cudnn):
-        t = {"dy": _tensor(graph, "dy", dy), "w": _tensor(graph, "w", w)}
-        dx = graph.conv_dgrad(loss=t["dy"], filter=t["w"], padding=[padding] * 2, stride=[stride] * 2,
-                              dilation=[1, 1], name="dgrad")
-        dx.set_dim(list(out_shape)).set_stride(_channels_last_strides(out_shape))
-        if add is not None:
-            t["add"] = _tensor(graph, "add", add)
-            dx = graph.add(a=dx, b=t["add"], name="grad_add")
-        if gate is not None:
-            t["gate"] = _tensor(graph, "gate", gate)
-            dx = graph.relu_backward(loss=dx, input=t["gate"], name="relu_gate")
-        dx.set_output(True).set_data_type(_cudnn_dtype(dy.dtype)).set_dim(list(out_shape)).set_stride(
-            _channels_last_strides(out_shape))
-        t["dx"] = dx
-        return t, "dx"
+    def make(epilogue: bool):
+        def build(graph, cudnn):
+            t = {"dy": _tensor(graph, "dy", dy), "w": _tensor(graph, "w", w)}
+            dx = graph.conv_dgrad(loss=t["dy"], filter=t["w"], padding=[padding] * 2, stride=[stride] * 2,
+                                  dilation=[1, 1], name="dgrad")
+            dx.set_dim(list(out_shape)).set_stride(_channels_last_strides(out_shape))
+            if epilogue and add is not None:
+                t["add"] = _tensor(graph, "add", add)
+                dx = graph.add(a=dx, b=t["add"], name="grad_add")
+            if epilogue and gate is not None:
+                t["gate"] = _tensor(graph, "gate", gate)
+                dx = graph.relu_backward(loss=dx, input=t["gate"], name="relu_gate")
+            dx.set_output(True).set_data_type(_cudnn_dtype(dy.dtype)).set_dim(list(out_shape)).set_stride(
+                _channels_last_strides(out_shape))
+            t["dx"] = dx
+            return t, "dx"
+        return build
 
-    built = _build(key, device, make)
+    if gate is None and add is None:
+        rungs = [(NO_EPILOGUE, make(False))]
+    else:
+        rungs = [(IN_GRAPH, make(True)), (IN_TORCH, make(False))]
+    built = _build(key, device, rungs)
     out = torch.empty(out_shape, device=device, dtype=dy.dtype).contiguous(memory_format=torch.channels_last)
     inputs = {"dy": dy, "w": w}
     if add is not None:
         inputs["add"] = add
     if gate is not None:
         inputs["gate"] = gate
-    return built.run(inputs, out)
+    dx = built.run(inputs, out)
+    if built.rung != IN_TORCH:
+        return dx
+    q = dx.float() if add is None else dx.float() + add.float()
+    if gate is not None:
+        q = torch.where(gate > 0, q, 0.0)
+    return q.to(dy.dtype).contiguous(memory_format=torch.channels_last)
 
 
 def cached_graphs() -> int:
-    """How many cuDNN graphs are built (tests and the benchmark report it)."""
+    """How many cuDNN graphs are built."""
     return len(_GRAPHS)
+
+
+def fusion_report() -> dict[str, int]:
+    """How many built graphs took each rung of the ladder ({"conv_bias_act: epilogue in graph": 52, ...})."""
+    out: dict[str, int] = {}
+    for key, built in list(_GRAPHS.items()):
+        name = f"{key[0]}: {built.rung}"
+        out[name] = out.get(name, 0) + 1
+    return out

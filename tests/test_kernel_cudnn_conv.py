@@ -82,6 +82,43 @@ def test_activation_saving_composition_matches_autograd(B, H, W):
     assert first.a1.min() >= 0 and bool((first.a1 == 0).any()) and first.mask_out.shape[1] == 32
 
 
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=IDS[:3])
+def test_the_epilogue_in_torch_rung_computes_the_reference(shape, monkeypatch):
+    """The ladder's last rung runs only the bare convolution in cuDNN and the epilogue in torch: that epilogue
+    code, checked on CPU with the cuDNN graph replaced by the bare torch convolution (the graph's own job)."""
+    from ccfast.kernels import cudnn_conv
+
+    B, C, K, H, W, k, stride, padding = shape
+
+    class BareConv:  # what a built "epilogue in torch" graph computes: the convolution or its input gradient
+        rung = cudnn_conv.IN_TORCH
+
+        def __init__(self, op):
+            self.op = op
+
+        def run(self, inputs, out):
+            assert set(inputs) - {"bias", "residual", "add", "gate"} == ({"x", "w"} if self.op == "fwd"
+                                                                         else {"dy", "w"})
+            if self.op == "fwd":
+                r = F.conv2d(inputs["x"].float(), inputs["w"].float(), stride=stride, padding=padding)
+            else:
+                r = torch.nn.grad.conv2d_input(out.shape, inputs["w"].float(), inputs["dy"].float(), stride=stride,
+                                               padding=padding)
+            return out.copy_(r)
+
+    monkeypatch.setattr(cudnn_conv, "_check", lambda name, **t: torch.device("cpu"))
+    monkeypatch.setattr(cudnn_conv, "_build", lambda key, device, rungs: BareConv(
+        "fwd" if key[0] == "conv_bias_act" else "dgrad"))
+    x, w, b, r, dy = (t.float() for t in _inputs(*shape, seed=4))
+    y = cudnn_conv.conv_bias_act(x, w, b, stride, padding, residual=r)
+    torch.testing.assert_close(y, conv_bias_act_ref(x, w, b, stride, padding, residual=r), rtol=1e-5, atol=1e-5)
+    dx = cudnn_conv.conv_dgrad_gate(dy, w, (H, W), stride, padding, gate=x, add=x)
+    ref = conv_dgrad_gate_ref(dy, w, (H, W), stride, padding, gate=x, add=x)
+    torch.testing.assert_close(dx, ref, rtol=1e-5, atol=1e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
+    assert bool((dx == 0).any()) and bool((dx != 0).any())
+
+
 # ---------------------------------------------------------------- the cuDNN graphs (GPU + nvidia-cudnn-frontend)
 
 
@@ -100,11 +137,19 @@ def _within_yardstick(mine, plain, ref, what):
     return err, yardstick
 
 
+RUNGS = ["epilogue in graph", "epilogue in graph, bias in io dtype", "epilogue in torch"]
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("rung", RUNGS, ids=["in-graph", "bias-io", "in-torch"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
-def test_cudnn_conv_bias_act_and_dgrad_gate_match_the_reference(shape, dtype, fp32_without_tf32):
+def test_cudnn_conv_bias_act_and_dgrad_gate_match_the_reference(shape, dtype, rung, fp32_without_tf32):
+    """Each rung of the ladder (forced; a rung cuDNN cannot build here is skipped with its message) against the
+    fp32 reference, with plain PyTorch at that dtype as the yardstick."""
     ops = _cudnn_ops()
+    from ccfast.errors import CCFastError
+
     B, C, K, H, W, k, stride, padding = shape
     x64, w64, b64, r64, dy64 = _inputs(*shape, seed=3)
     dev = torch.device("cuda")
@@ -116,8 +161,16 @@ def test_cudnn_conv_bias_act_and_dgrad_gate_match_the_reference(shape, dtype, fp
     plain_y = torch.relu(F.conv2d(x, w, b.to(dtype), stride=stride, padding=padding) + r)
     plain_dx = torch.where(x > 0, torch.nn.grad.conv2d_input(x.shape, w, dy, stride=stride, padding=padding), 0)
     torch.backends.cudnn.allow_tf32 = False
-    y = ops.conv_bias_act(x, w, b, stride, padding, residual=r)
-    dx = ops.conv_dgrad_gate(dy, w, (H, W), stride, padding, gate=x)
+    ops.clear_cache()
+    try:
+        with ops.force_rung(rung):
+            y = ops.conv_bias_act(x, w, b, stride, padding, residual=r)
+            dx = ops.conv_dgrad_gate(dy, w, (H, W), stride, padding, gate=x)
+    except CCFastError as exc:
+        pytest.skip(f"cuDNN builds no {rung!r} graph here: {exc}")
+    report = ops.fusion_report()
+    expected = rung if rung != RUNGS[1] or dtype != torch.float32 else RUNGS[2]  # fp32 has no separate io dtype
+    assert report.get(f"conv_bias_act: {expected}") == 1, report
     assert y.dtype == dx.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
     assert y.shape == ref_y.shape and dx.shape == x.shape
     _within_yardstick(y, plain_y, ref_y, "y")
@@ -127,12 +180,33 @@ def test_cudnn_conv_bias_act_and_dgrad_gate_match_the_reference(shape, dtype, fp
     _within_yardstick(y_lin, F.conv2d(x, w, None, stride=stride, padding=padding),
                       conv_bias_act_ref(x.double(), w.double(), None, stride, padding, relu=False), "y_lin")
     add = _cl(torch.randn(x.shape, device=dev).to(dtype))
-    dx_add = ops.conv_dgrad_gate(dy, w, (H, W), stride, padding, add=add)
+    with ops.force_rung(rung):
+        dx_add = ops.conv_dgrad_gate(dy, w, (H, W), stride, padding, add=add)
     _within_yardstick(dx_add, torch.nn.grad.conv2d_input(x.shape, w, dy, stride=stride, padding=padding) + add,
                       conv_dgrad_gate_ref(dy.double(), w.double(), (H, W), stride, padding, add=add.double()), "dx+a")
     n = ops.cached_graphs()
     ops.conv_bias_act(x, w, b, stride, padding, residual=r)
     assert ops.cached_graphs() == n, "a second call of one shape reuses its graph"
+
+
+@pytest.mark.gpu
+def test_bf16_resnet50_convolutions_fuse_their_epilogue_in_the_graph():
+    """What fused_ops=cudnn exists for: on this card cuDNN builds every bf16 convolution of a ResNet-50 block
+    (1×1, 3×3, stride 2) with its epilogue in the graph, none at a lower rung."""
+    ops = _cudnn_ops()
+    ops.clear_cache()
+    dev = torch.device("cuda")
+    g = torch.Generator().manual_seed(0)
+    for B, C, K, hw, k, stride in [(256, 256, 64, 16, 1, 1), (256, 64, 64, 16, 3, 1), (1, 128, 128, 16, 3, 2),
+                                   (16, 128, 512, 8, 1, 1)]:
+        pad = k // 2
+        x = _cl(torch.relu(torch.randn(B, C, hw, hw, generator=g)).to(dev, torch.bfloat16))
+        w = _cl((torch.randn(K, C, k, k, generator=g) * 0.05).to(dev, torch.bfloat16))
+        y = ops.conv_bias_act(x, w, torch.zeros(K, device=dev), stride, pad)
+        ops.conv_dgrad_gate(torch.ones_like(y), w, (hw, hw), stride, pad, gate=x, add=x if stride == 1 and C == K
+                            else None)
+    report = ops.fusion_report()
+    assert set(report) == {"conv_bias_act: epilogue in graph", "conv_dgrad_gate: epilogue in graph"}, report
 
 
 @pytest.mark.gpu
