@@ -93,8 +93,9 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
-OPTIONAL = {"fused": "fused", "prologue": "fused, m1 in prologue", "cudnn": "cudnn"}  # --methods keys -> rows
-METHODS = (*OPTIONAL.values(), *RECIPES)
+# --methods keys -> rows; the compile+graph recipe (BASELINE) always runs: every ratio needs it
+OPTIONAL = {"fused": "fused", "prologue": "fused, m1 in prologue", "cudnn": "cudnn", "autograd": RECIPES[1]}
+METHODS = (*OPTIONAL.values(), BASELINE)
 
 
 def bench_block(shape: Block, B: int, device, dtype, compile_fn, reps: int, repeat: int, report: Report,
@@ -219,8 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=20, help="timed graph replays per row (median)")
     p.add_argument("--smoke", action="store_true", help="CPU, Triton's interpreter: tiny blocks, fp32, eager recipe")
     p.add_argument("--methods", default=",".join(OPTIONAL),
-                   help=f"comma list of {', '.join(OPTIONAL)} (default all; the two recipes always run: the ratios "
-                        "need them)")
+                   help=f"comma list of {', '.join(OPTIONAL)} (default all; the compile+graph recipe always runs: "
+                        "the ratios need it)")
     p.add_argument("--commit", default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -238,7 +239,7 @@ def main(argv=None) -> int:
     except Exception as exc:  # noqa: BLE001 - a one-line error, not a traceback
         print(f"bench_bottleneck: {exc}", file=sys.stderr)
         return 2
-    methods = tuple(dict.fromkeys(methods + RECIPES))
+    methods = tuple(dict.fromkeys(methods + (BASELINE,)))
     device = torch.device("cpu" if args.smoke else "cuda")
     dtype = torch.float32 if args.smoke else torch.bfloat16
     compile_fn = (lambda f: f) if args.smoke else (lambda f: torch.compile(f, dynamic=False))
