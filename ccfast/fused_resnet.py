@@ -24,11 +24,13 @@ Saved by the forward, nothing else (no activation; x itself is the caller's):
   - every block's m1, m2, m3 (1 bit per element, `BottleneckSaved`);
   - m0, the stem's ReLU mask, taken *after* the pool: 1 bit per pooled element (4× fewer than before it,
     and exact: a window whose max is ≤ 0 passes no gradient either way);
-  - the max-pool's argmax as the offset inside its 3×3 window, one uint8 per pooled element. The cheapest
-    exact form: torch's own indices are int64 (8× more); recomputing the pool in the backward would need
-    s, i.e. the stem convolution run again (cuDNN over 3 input channels, slow for its FLOPs); a 4-bit code
-    would halve the byte but needs a kernel of its own to pack. The backward rebuilds flat indices from the
-    offsets (a few integer ops) and scatter-adds, in fp32, into the stem's output.
+  - the max-pool's argmax as its offset from the window's top-left corner (row·W + column, W the stem
+    output's width), one uint8 per pooled element while it fits (W ≤ 126 for the 3×3 pool; int16 beyond).
+    The cheapest exact form: torch's own indices are int64 (8× more); recomputing the pool in the backward
+    would need s, i.e. the stem convolution run again (cuDNN over 3 input channels, slow for its FLOPs); a
+    4-bit window code would halve the byte but needs a kernel of its own to pack. Offsets are idx − base and
+    the backward's flat indices base + offset, with base the windows' corners (cached per shape): one integer
+    kernel each way. The backward scatter-adds, in fp32, into the stem's output.
 
 `logits_and_saved` / `input_grad` take `ops` (`NetOps`): the four per-block operations. `REF_OPS` here
 (fp32 math: the `_ref` functions), the fused kernels in `ccfast.refine.fused_net.FUSED_OPS`; the glue
@@ -168,19 +170,38 @@ REF_OPS = NetOps(lambda x, p: bottleneck_fwd_ref(x, p)[:2], bottleneck_dgrad_ref
                  relu_mask_gate_ref)
 
 
-def _window_origins(n_out: int, stride: int, padding: int, device) -> torch.Tensor:
-    return torch.arange(n_out, device=device) * stride - padding
+_WINDOW_BASES: dict[tuple, torch.Tensor] = {}
+
+
+def _window_base(out_hw: tuple[int, int], W: int, stride: int, padding: int, device) -> torch.Tensor:
+    """(1, 1, Ho, Wo) int64: the flat index (row·W + column) in the pool's input of each window's top-left
+    corner (negative where the window starts in the padding). Cached per shape, so that a step's pool costs
+    no index arithmetic beyond one subtraction (forward) and one addition (backward); not cached while a CUDA
+    graph is being captured (a tensor made there belongs to the graph's pool)."""
+    key = (tuple(out_hw), W, stride, padding, str(device))
+    base = _WINDOW_BASES.get(key)
+    if base is None:
+        oh = torch.arange(out_hw[0], device=device) * stride - padding
+        ow = torch.arange(out_hw[1], device=device) * stride - padding
+        base = (oh.view(-1, 1) * W + ow.view(1, -1)).view(1, 1, *out_hw)
+        capturing = torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()
+        if not capturing:
+            _WINDOW_BASES[key] = base
+    return base
+
+
+def _offset_dtype(kernel: int, W: int) -> torch.dtype:
+    """The narrowest integer type holding every offset row·W + column of a kernel×kernel window."""
+    span = (kernel - 1) * W + kernel - 1
+    return torch.uint8 if span < 256 else torch.int16 if span < 2**15 else torch.int32
 
 
 def maxpool_fwd(s: torch.Tensor, kernel: int, stride: int, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(max-pool of s, the argmax's offset inside its window, (B, C, Ho, Wo) uint8: row·kernel + column)."""
-    if kernel * kernel > 256:
-        raise CCFastError(f"maxpool_fwd: a {kernel}×{kernel} window's offsets do not fit a uint8")
+    """(max-pool of s, the argmax's offset from its window's top-left corner, (B, C, Ho, Wo): row·W + column
+    with W the width of s; uint8 while (kernel − 1)·(W + 1) < 256, i.e. up to W = 126 for a 3×3 window)."""
     out, idx = F.max_pool2d(s, kernel, stride, padding, return_indices=True)
-    W = s.shape[3]
-    oh = _window_origins(out.shape[2], stride, padding, s.device).view(1, 1, -1, 1)
-    ow = _window_origins(out.shape[3], stride, padding, s.device).view(1, 1, 1, -1)
-    return out, ((idx // W - oh) * kernel + (idx % W - ow)).to(torch.uint8)
+    base = _window_base(tuple(out.shape[2:]), s.shape[3], stride, padding, s.device)
+    return out, (idx - base).to(_offset_dtype(kernel, s.shape[3]))
 
 
 def maxpool_bwd(dout: torch.Tensor, offset: torch.Tensor, in_hw: tuple[int, int], kernel: int, stride: int,
@@ -189,10 +210,7 @@ def maxpool_bwd(dout: torch.Tensor, offset: torch.Tensor, in_hw: tuple[int, int]
     each output's gradient added to its argmax (windows overlap: scatter-add, in fp32)."""
     B, C, Ho, Wo = dout.shape
     H, W = in_hw
-    off = offset.long()
-    oh = _window_origins(Ho, stride, padding, dout.device).view(1, 1, -1, 1)
-    ow = _window_origins(Wo, stride, padding, dout.device).view(1, 1, 1, -1)
-    flat = (oh + off // kernel) * W + (ow + off % kernel)
+    flat = _window_base((Ho, Wo), W, stride, padding, dout.device) + offset.long()
     # (B, H·W, C) rows: the channels_last layout the fused path works in (a view there, a copy in NCHW)
     ds = torch.zeros(B, H * W, C, device=dout.device, dtype=torch.float32)
     ds.scatter_add_(1, flat.permute(0, 2, 3, 1).reshape(B, Ho * Wo, C),
