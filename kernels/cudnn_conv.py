@@ -116,6 +116,7 @@ def _describe(t: torch.Tensor) -> tuple:
 def _build(key: tuple, device: torch.device, rungs: list[tuple[str, Callable]]) -> _Built:
     """The cached graph of `key`, else the first of `rungs` ((label, make(graph, cudnn) -> (tensors by role,
     output role)), best first) that cuDNN builds; a one-line CCFastError when none does."""
+    key = (*key, str(device))  # a graph is built with one device's handle
     built = _GRAPHS.get(key)
     if built is not None:
         return built
@@ -145,7 +146,7 @@ def _build(key: tuple, device: torch.device, rungs: list[tuple[str, Callable]]) 
             ws = torch.empty(max(1, graph.get_workspace_size()), device=device, dtype=torch.uint8)
             built = _GRAPHS[key] = _Built(graph, tensors, out_role, ws, handle, label)
             return built
-        raise CCFastError(f"cuDNN graph {key[0]} {key[2:]} could not be built: {'; '.join(failures)}")
+        raise CCFastError(f"cuDNN graph {key[0]} {key[2:-1]} could not be built: {'; '.join(failures)}")
 
 
 @contextlib.contextmanager
