@@ -39,7 +39,8 @@ Tensors are NCHW-indexed with channels_last strides (x, dy, gate, residual/add, 
 as cuDNN's heuristics choose for the FLOAT compute type; the reference is exact fp32 (see the tests'
 tolerances).
 
-Not yet run on a GPU (no cuDNN on the CPU machines; tests/test_kernel_cudnn_conv.py runs there only).
+Not yet run on a GPU. tests/test_kernel_cudnn_conv.py checks the references and the torch-epilogue rung on CPU,
+and every rung against the reference on a GPU with nvidia-cudnn-frontend installed.
 """
 
 from __future__ import annotations
