@@ -177,13 +177,13 @@ def bench_block(shape: Block, B: int, device, dtype, compile_fn, reps: int, repe
 
 def _activation_ops(device):
     """The cuDNN blocks on a GPU (an op that cannot run raises, and its row says why), the `_ref` ops on CPU."""
-    from ccfast.conv_epilogue import activation_saving_ops
-
     if device.type != "cuda":
-        return activation_saving_ops()
-    from ccfast.kernels.cudnn_conv import conv_bias_act, conv_dgrad_gate
+        from ccfast.conv_epilogue import activation_saving_ops
 
-    return activation_saving_ops(conv_bias_act, conv_dgrad_gate)
+        return activation_saving_ops()
+    from ccfast.refine.cudnn_net import CUDNN_OPS  # the engine's fused_ops=cudnn blocks themselves
+
+    return CUDNN_OPS
 
 
 def _timed(row) -> bool:

@@ -276,26 +276,29 @@ def setup_triton_eager(b, pool):
     return _triton(b, pool, "triton-eager", "triton engine, compile=0", b.args.topts | {"compile": "0"})
 
 
-def setup_triton_fused(b, pool):
+def _needs_fused_network(b) -> None:
+    """NotRun, saying why, unless the model is the bottleneck ResNet the fused network supports."""
     from ccfast.fused_resnet import check_supported
 
     try:
         check_supported(b.model)
     except CCFastError as exc:
         raise NotRun(str(exc)) from None
+
+
+def setup_triton_fused(b, pool):
+    _needs_fused_network(b)
     return _triton(b, pool, "triton-fused", "triton engine, fused_net=1", b.args.topts | {"fused_net": "1"})
 
 
 def setup_triton_cudnn(b, pool):
-    from ccfast.fused_resnet import check_supported
-
     if b.device.type != "cuda":
         raise NotRun("fused_ops=cudnn needs a CUDA device (cuDNN graphs)")
+    _needs_fused_network(b)
     try:
-        check_supported(b.model)
         import cudnn  # noqa: F401 - nvidia-cudnn-frontend, optional
-    except (CCFastError, ImportError) as exc:
-        raise NotRun(str(exc).splitlines()[0]) from None
+    except ImportError as exc:
+        raise NotRun(str(exc)) from None
     return _triton(b, pool, "triton-cudnn", "triton engine, fused_net=1 fused_ops=cudnn",
                    b.args.topts | {"fused_net": "1", "fused_ops": "cudnn"})
 

@@ -431,6 +431,12 @@ def main(argv=None) -> int:
                    + ", ".join(k for k, _ in PROFILES) + ")")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke test of this script only")
     args = p.parse_args(argv)
+    wanted = [k.strip() for k in args.profiles.split(",") if k.strip()]
+    unknown = sorted(set(wanted) - {k for k, _ in PROFILES})
+    if unknown:
+        print(f"ort_variants: --profiles: unknown {', '.join(unknown)}; choose from "
+              f"{', '.join(k for k, _ in PROFILES)}", file=sys.stderr)
+        return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: ort_variants.py measures the CUDA provider and needs a CUDA GPU (--device cpu: smoke test)",
               file=sys.stderr)
@@ -450,21 +456,14 @@ def main(argv=None) -> int:
               "PyTorch fp16 autocast's; err_ratio = err / err_torch_fp16.")
     report = Report(out, header)
     chosen = [v for v in VARIANTS if not args.variants or v.name in args.variants.split(",")]
-    wanted = [k.strip() for k in args.profiles.split(",") if k.strip()]
-    unknown = sorted(set(wanted) - {k for k, _ in PROFILES})
-    if unknown:
-        print(f"ort_variants: --profiles: unknown {', '.join(unknown)}; choose from "
-              f"{', '.join(k for k, _ in PROFILES)}", file=sys.stderr)
-        return 2
     profiles = [] if args.no_profile else [(k, st) for k, st in PROFILES if not wanted or k in wanted]
     bench.export_all([v.graph for v in chosen] + [k for k, _ in profiles])
-    if profiles:
-        for key, settings in profiles:
-            for B in batches:
-                try:
-                    print(bench.profile(key, settings, B), flush=True)
-                except Exception:
-                    traceback.print_exc()
+    for key, settings in profiles:
+        for B in batches:
+            try:
+                print(bench.profile(key, settings, B), flush=True)
+            except Exception:
+                traceback.print_exc()
     for v in chosen:
         for B in batches:
             if time.perf_counter() - t_start > args.budget_s:

@@ -21,16 +21,35 @@ from .bottleneck import BottleneckWeights
 from .fused_resnet import NetOps
 
 
+def bias_act_epilogue(y: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None, relu: bool,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """relu(y (+ bias) (+ residual)) in fp32 math, in `dtype`, channels_last: the forward epilogue, of the
+    reference and of cudnn_conv's "epilogue in torch" rung alike."""
+    q = y.float()
+    if bias is not None:
+        q = q + bias.float().reshape(1, -1, 1, 1)
+    if residual is not None:
+        q = q + residual.float()
+    if relu:
+        q = torch.relu(q)
+    return q.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def dgrad_gate_epilogue(dx: torch.Tensor, add: torch.Tensor | None, gate: torch.Tensor | None,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """(dx (+ add)) ⊙ [gate > 0] in fp32 math, in `dtype`, channels_last: the input gradient's epilogue, of the
+    reference and of cudnn_conv's "epilogue in torch" rung alike."""
+    q = dx.float() if add is None else dx.float() + add.float()
+    if gate is not None:
+        q = torch.where(gate > 0, q, 0.0)
+    return q.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
 def conv_bias_act_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, padding: int = 0,
                       residual: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
     """relu(conv2d(x, w) (+ bias) (+ residual)) in fp32 math (relu=False: no ReLU), in x's dtype, channels_last."""
-    y = F.conv2d(x.float(), w.float(), None if bias is None else bias.float().reshape(-1), stride=stride,
-                 padding=padding)
-    if residual is not None:
-        y = y + residual.float()
-    if relu:
-        y = torch.relu(y)
-    return y.to(x.dtype).contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(x.float(), w.float(), stride=stride, padding=padding)
+    return bias_act_epilogue(y, bias, residual, relu, x.dtype)
 
 
 def conv_dgrad_gate_ref(dy: torch.Tensor, w: torch.Tensor, in_hw: tuple[int, int], stride: int = 1,
@@ -39,11 +58,7 @@ def conv_dgrad_gate_ref(dy: torch.Tensor, w: torch.Tensor, in_hw: tuple[int, int
     """(conv2d_input(w, dy) (+ add)) ⊙ [gate > 0] in fp32 math, returned in dy's dtype, channels_last."""
     B, C = dy.shape[0], w.shape[1]
     dx = torch.nn.grad.conv2d_input((B, C, *in_hw), w.float(), dy.float(), stride=stride, padding=padding)
-    if add is not None:
-        dx = dx + add.float()
-    if gate is not None:
-        dx = torch.where(gate > 0, dx, 0.0)
-    return dx.to(dy.dtype).contiguous(memory_format=torch.channels_last)
+    return dgrad_gate_epilogue(dx, add, gate, dy.dtype)
 
 
 # ---------------------------------------------------------------- a bottleneck block from these two ops
@@ -89,7 +104,7 @@ def activation_saving_ops(conv_fwd: Callable = conv_bias_act_ref, conv_dgrad: Ca
         return conv_dgrad(dpre1, p.w1, saved.in_hw, gate=in_mask, add=r)
 
     def bias_relu(pre: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = torch.relu(pre.float() + bias.float().view(1, -1, 1, 1)).to(pre.dtype)
+        a = bias_act_epilogue(pre, bias, None, True, pre.dtype)
         return a, a
 
     def gate(g: torch.Tensor, act: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,7 @@ from collections.abc import Callable
 
 import torch
 
+from ccfast.conv_epilogue import bias_act_epilogue, dgrad_gate_epilogue
 from ccfast.errors import CCFastError
 
 _LOCK = threading.Lock()
@@ -182,7 +183,7 @@ def _check(name: str, **tensors) -> torch.device:
     if len(devices) != 1 or next(iter(devices)).type != "cuda":
         raise CCFastError(f"{name}: every tensor must be on one CUDA device, got {sorted(map(str, devices))}")
     for role, t in tensors.items():
-        if t is not None and role not in ("bias",) and t.ndim != 4:
+        if t is not None and t.ndim != 4:
             raise CCFastError(f"{name}: {role} must be 4-D (B, C, H, W), got shape {tuple(t.shape)}")
     return next(iter(devices))
 
@@ -242,15 +243,8 @@ def conv_bias_act(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, s
     if residual is not None:
         inputs["residual"] = residual
     y = built.run(inputs, out)
-    if built.rung != IN_TORCH:
-        return y
-    # the epilogue as torch ops, in fp32 math as the fused graph computes it
-    q = y.float()
-    if b4 is not None:
-        q = q + b4
-    if residual is not None:
-        q = q + residual.float()
-    return (torch.relu(q) if relu else q).to(x.dtype).contiguous(memory_format=torch.channels_last)
+    # the "epilogue in torch" rung: the reference's epilogue, in fp32 math as the fused graph computes it
+    return y if built.rung != IN_TORCH else bias_act_epilogue(y, b4, residual, relu, x.dtype)
 
 
 def conv_dgrad_gate(dy: torch.Tensor, w: torch.Tensor, in_hw: tuple[int, int], stride: int = 1, padding: int = 0,
@@ -304,12 +298,7 @@ def conv_dgrad_gate(dy: torch.Tensor, w: torch.Tensor, in_hw: tuple[int, int], s
     if gate is not None:
         inputs["gate"] = gate
     dx = built.run(inputs, out)
-    if built.rung != IN_TORCH:
-        return dx
-    q = dx.float() if add is None else dx.float() + add.float()
-    if gate is not None:
-        q = torch.where(gate > 0, q, 0.0)
-    return q.to(dy.dtype).contiguous(memory_format=torch.channels_last)
+    return dx if built.rung != IN_TORCH else dgrad_gate_epilogue(dx, add, gate, dy.dtype)
 
 
 def cached_graphs() -> int:

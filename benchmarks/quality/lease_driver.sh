@@ -18,8 +18,8 @@
 #   alone; with few threads, because at -n 8 they starved the training of CPU.
 # - With AFTER_SUITE='COMMAND' (run by bash), once the suite has ended, it spends what is left of the lease (down
 #   to 90 s before its end, when at least 2 minutes are left) on COMMAND, with AFTER_DIR=QUALITY_OUT/after (its
-#   output folder; the snapshots carry it) and AFTER_BUDGET_S (seconds it may take; it is killed then) in its
-#   environment, PYTHONPATH=/tmp/site, and its log in QUALITY_OUT/after.log. After the suite, so that neither
+#   output folder; the snapshots carry it) and AFTER_BUDGET_S (30 s less than the time after which it is killed,
+#   for a command that stops itself in time) in its environment, PYTHONPATH=/tmp/site, and its log in QUALITY_OUT/after.log. After the suite, so that neither
 #   times its work beside the other's. E.g. AFTER_SUITE='python3 benchmarks/bench_bottleneck.py --out "$AFTER_DIR"'.
 # - Exit codes go to QUALITY_OUT/suite.rc and QUALITY_OUT/gpu_tests.rc.
 # - Runs from a private copy of the tree (QUALITY_TREE, default /tmp/ccq-COMMIT): every device call replaces the
