@@ -102,11 +102,15 @@ def test_sampler_seeds_do_not_depend_on_batch_size():
     b, lb = generate(model, 20, 2, seed=3, batch_size=20)
     one, l1 = generate(model, 20, 1, seed=3, batch_size=20)
     assert a.dtype == np.uint8 and a.shape == (20, 32, 32, 3)
-    assert np.array_equal(a, b) and np.array_equal(la, lb) and np.array_equal(la, l1)
+    # The noise is the same; the network's float sums are not bit-equal across batch sizes (oneDNN blocks them
+    # differently), so a value at a rounding boundary may land one uint8 level apart: allow that, rarely.
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+    assert np.array_equal(la, lb) and np.array_equal(la, l1)
     assert np.bincount(la, minlength=10).tolist() == [2] * 10  # balanced classes
     assert not np.array_equal(one, a)
     c, _ = generate(model, 20, 2, seed=4, batch_size=20)
-    assert not np.array_equal(c, a)
+    assert (c != a).mean() > 0.5  # another seed: other noise, most values differ
 
 
 def test_settings_round_trip_through_json_with_their_tuples():
