@@ -598,6 +598,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"),
                    help="folder with cifar10_test.npz (or cifar10/test.npz) and resnet56-4bfd9763.th (or models/...)")
     p.add_argument("--profile", type=int, default=0, help="1: a kernel-level profile of one triton step per batch")
+    p.add_argument("--profile-options", default="",
+                   help="triton engine options of the profiled engine, added to --triton-options (e.g. "
+                        "fused_net=1,fused_ops=cudnn to profile the cuDNN-graph network)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--budget-s", type=float, default=1e9, help="skip contenders that would start after this many s")
     p.add_argument("--commit", default=None, help="commit to report (default: CCFAST_COMMIT, else git)")
@@ -607,6 +610,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.arch_list = [a.strip() for a in args.arch.split(",") if a.strip()]
     args.topts = parse_engine_options(args.triton_options, "--triton-options")
     args.trt_opts = parse_engine_options(args.trt_options, "--trt-options")
+    args.profile_opts = parse_engine_options(args.profile_options, "--profile-options")
     args.ort_variant_list = parse_variants(args.ort_variant or DEFAULT_ORT_VARIANTS)
     args.extra_list = []
     for spec in (e for e in args.extras.split(";") if e.strip()):
@@ -709,17 +713,21 @@ def main(argv=None) -> int:
 
 
 def profile_section(runner: Runner, arch: str) -> dict[str, str]:
-    """Kernel profiles of the triton engine's step at each batch (an engine of its own, built for it)."""
+    """Kernel profiles of the triton engine's step at each batch (an engine of its own, built for it, with
+    --triton-options and --profile-options)."""
     args, device = runner.args, runner.device
     b = Bench(arch, make_model(arch, args.size, args.num_classes, device), device, args)
+    opts = args.topts | args.profile_opts
+    named = " ".join(f"{k}={v}" for k, v in args.profile_opts.items())
+    label = f"triton engine, {named}" if named else "triton engine"
     out = {}
     try:
         for B in args.batch_list:
             pool = InputPool(B, args.size, args.num_classes, device, n_sets=1, seed=B)
-            _triton(b, pool, "triton", "triton engine", args.topts)
-            out[f"profile: triton engine, {arch}, batch {B}"] = profile_engine_step(b.engines["triton"], B, device)
+            _triton(b, pool, "triton-profiled", label, opts)
+            out[f"profile: {label}, {arch}, batch {B}"] = profile_engine_step(b.engines["triton-profiled"], B, device)
     except Exception as exc:  # noqa: BLE001 - the profile explains; its failure must not cost the timing rows
-        out[f"profile: triton engine, {arch}"] = f"profile failed: {type(exc).__name__}: {exc}"
+        out[f"profile: {label}, {arch}"] = f"profile failed: {type(exc).__name__}: {exc}"
     return out
 
 

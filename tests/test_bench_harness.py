@@ -179,10 +179,13 @@ def test_bench_refine_forwards_variants_and_exits_2_on_bad_input(capsys):
                                     "--arch", "resnet50,wide_resnet50_2", "--batches", "1,16,256"])
     assert args.ort_variant_list == [("fp32", {}), ("nhwc", {"prefer_nhwc": "1", "buckets": "1,16"})]
     assert args.arch_list == ["resnet50", "wide_resnet50_2"] and args.batch_list == [1, 16, 256]
+    prof = bench_refine.parse_args(["--triton-options", "compile=0",
+                                    "--profile-options", "fused_net=1,fused_ops=cudnn"])
+    assert prof.topts | prof.profile_opts == {"compile": "0", "fused_net": "1", "fused_ops": "cudnn"}
     keys = [k for k, _, _ in bench_refine.contender_list(bench_refine.parse_args(["--methods", "reference,ort"]))]
     assert keys == ["reference", "ort:fp32", "ort:fp16"]  # the default variants
     for argv in (["--ort-variant", ":x=1"], ["--batches", "0"], ["--methods", "reference,bogus"],
-                 ["--triton-options", "compile"]):
+                 ["--triton-options", "compile"], ["--profile-options", "fused_net"]):
         assert bench_refine.main(argv + ["--device", "cpu", "--early-stop", "0"]) == 2
         assert "bench_refine:" in capsys.readouterr().err
 
