@@ -49,7 +49,8 @@ Options (`--engine-option KEY=VALUE`, or keyword arguments of `Refiner`; parsed 
                            recipe at B=256, benchmarks/results/bench_refine_h200_1bdda65_fused.md)
     fused_ops=triton|cudnn with fused_net=1: whose blocks. triton (default): kernels/bottleneck.py, bit masks saved;
                            cudnn: every convolution one cuDNN graph with its epilogue fused (kernels/cudnn_conv.py,
-                           needs nvidia-cudnn-frontend and a CUDA device; ReLU outputs saved; not yet measured)
+                           needs nvidia-cudnn-frontend and a CUDA device; ReLU outputs saved; H200: 0.99×
+                           the recipe at B=256, benchmarks/results/bench_refine_h200_4f86a0e_cudnn.md)
 
 With fused_net=1 the per-step function is `_fused_step`: logits and the saved masks from the fused forward,
 objective_head, the same bookkeeping, and g from the fused input gradient seeded with the head's dJ/dlogits;
