@@ -164,9 +164,9 @@ def bench_block(shape: Block, B: int, device, dtype, compile_fn, reps: int, repe
             warmup = 2 if device.type == "cuda" else 0  # the interpreter is slow; CPU numbers mean nothing
             us = time_calls(replay, device, warmup=warmup, reps=reps, clock="event").median_s * 1e6 / repeat
             if method == "cudnn" and device.type == "cuda":  # which rung of cudnn_conv's ladder each graph took
-                from ccfast.kernels.cudnn_conv import fusion_report
+                from ccfast.kernels.cudnn_conv import fusion_summary
 
-                notes = "graphs built so far: " + ", ".join(f"{k} ×{v}" for k, v in sorted(fusion_report().items()))
+                notes = "graphs built so far: " + fusion_summary()
         except Exception as exc:  # noqa: BLE001 - keep the other rows; the row says what failed
             notes = f"FAILED: {type(exc).__name__}: {exc}"[:300]
             print(f"{shape.name} B={B} {method}: {notes}", file=sys.stderr, flush=True)

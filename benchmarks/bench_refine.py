@@ -251,9 +251,9 @@ def _triton(b: Bench, pool: InputPool, key: str, label: str, options: dict) -> l
         first = "no compile"
     extra = ""
     if eng.opts.fused_net and eng.opts.fused_ops == "cudnn":  # which rung of cudnn_conv's ladder the graphs took
-        from ccfast.kernels.cudnn_conv import fusion_report
+        from ccfast.kernels.cudnn_conv import fusion_summary
 
-        extra = "; cuDNN graphs: " + ", ".join(f"{k} ×{v}" for k, v in sorted(fusion_report().items()))
+        extra = "; cuDNN graphs: " + fusion_summary()
     rows = [Timed(label, eng.opts.dtype, call, load, b.args.steps,
                   notes=f"{opts}; refine_batch wall / T (includes the final forward and host work), bucket "
                         f"{bucket.size}; {first}; fold_bn {t['fold_bn']}{extra}")]

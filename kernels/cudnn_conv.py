@@ -316,3 +316,8 @@ def fusion_report() -> dict[str, int]:
         name = f"{key[0]}: {built.rung}"
         out[name] = out.get(name, 0) + 1
     return out
+
+
+def fusion_summary() -> str:
+    """fusion_report() as one line for a benchmark row's notes: "conv_bias_act: epilogue in graph ×19, ..."."""
+    return ", ".join(f"{k} ×{v}" for k, v in sorted(fusion_report().items()))

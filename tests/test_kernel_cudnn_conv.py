@@ -120,6 +120,20 @@ def test_the_epilogue_in_torch_rung_computes_the_reference(shape, monkeypatch):
     assert bool((dx == 0).any()) and bool((dx != 0).any())
 
 
+def test_fusion_summary_counts_the_rungs_of_built_graphs(monkeypatch):
+    """The benchmarks' one-line note: built graphs counted per (op, rung), sorted."""
+    from ccfast.kernels import cudnn_conv
+
+    class Built:
+        def __init__(self, rung):
+            self.rung = rung
+
+    monkeypatch.setattr(cudnn_conv, "_GRAPHS", {("conv_dgrad_gate", 1): Built(cudnn_conv.NO_EPILOGUE),
+                                                 ("conv_bias_act", 2): Built(cudnn_conv.IN_GRAPH),
+                                                 ("conv_bias_act", 3): Built(cudnn_conv.IN_GRAPH)})
+    assert cudnn_conv.fusion_summary() == "conv_bias_act: epilogue in graph ×2, conv_dgrad_gate: no epilogue ×1"
+
+
 # ---------------------------------------------------------------- the cuDNN graphs (GPU + nvidia-cudnn-frontend)
 
 
